@@ -1,0 +1,1 @@
+"""Billing service: sells in-app coins through Stripe Checkout and keeps the coin ledger."""

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+
+class ManualClock:
+    """Implements Clock with a time that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._lock = threading.Lock()
+        self._now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._now += delta

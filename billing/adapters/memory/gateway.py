@@ -1,0 +1,125 @@
+"""A payment gateway that behaves like Stripe Checkout, in memory.
+
+Idempotency keys replay the first answer and refuse other parameters, sessions are open until
+paid or expired, refunds keep Stripe's statuses. `outage` makes it unreachable for a while.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, replace
+
+from billing.domain.errors import GatewayRejected, GatewayUnavailable
+from billing.ports import CheckoutParams, CheckoutSnapshot, RefundParams, RefundSnapshot
+
+
+@dataclass
+class _Session:
+    snapshot: CheckoutSnapshot
+    params: CheckoutParams
+
+
+class InMemoryPaymentGateway:
+    """Implements PaymentGateway."""
+
+    def __init__(self, base_url: str = "https://checkout.example.test/c/pay") -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._base_url = base_url
+        self.sessions: dict[str, _Session] = {}
+        self.refunds: dict[str, tuple[RefundParams, RefundSnapshot]] = {}
+        self._replies: dict[str, tuple[object, object]] = {}
+        self.calls: list[str] = []
+        self.unavailable_calls = 0  # the next N calls fail as if Stripe were unreachable
+        self.refuse_refunds = False
+        self.fail_refunds = False  # refunds are accepted, then fail (like 4000000000005126)
+
+    # -- the port -------------------------------------------------------------------------
+    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+        with self._lock:
+            self._call("create_checkout")
+            replayed = self._replay(params.idempotency_key, params)
+            if isinstance(replayed, CheckoutSnapshot):
+                return replayed
+            session_id = f"cs_test_{next(self._ids):06d}"
+            snapshot = CheckoutSnapshot(
+                session_id=session_id,
+                url=f"{self._base_url}/{session_id}",
+                status="open",
+                payment_status="unpaid",
+                amount=params.amount,
+                expires_at=params.expires_at,
+                payment_id=params.payment_id,
+            )
+            self.sessions[session_id] = _Session(snapshot, params)
+            self._replies[params.idempotency_key] = (params, snapshot)
+            return snapshot
+
+    def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
+        with self._lock:
+            self._call("retrieve_checkout")
+            return self._session(session_id).snapshot
+
+    def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+        with self._lock:
+            self._call("expire_checkout")
+            session = self._session(session_id)
+            if session.snapshot.status == "open":
+                session.snapshot = replace(session.snapshot, status="expired")
+            return session.snapshot
+
+    def refund(self, params: RefundParams) -> RefundSnapshot:
+        with self._lock:
+            self._call("refund")
+            replayed = self._replay(params.idempotency_key, params)
+            if isinstance(replayed, RefundSnapshot):
+                return replayed
+            if self.refuse_refunds:
+                raise GatewayRejected("Stripe refused the refund: charge already refunded")
+            refund = RefundSnapshot(
+                refund_id=f"re_test_{next(self._ids):06d}",
+                status="pending" if self.fail_refunds else "succeeded",
+                amount=params.amount,
+            )
+            self.refunds[refund.refund_id] = (params, refund)
+            self._replies[params.idempotency_key] = (params, refund)
+            return refund
+
+    # -- what a customer or Stripe does -----------------------------------------------------
+    def pay(self, session_id: str, payment_intent_id: str | None = None) -> CheckoutSnapshot:
+        with self._lock:
+            session = self._session(session_id)
+            session.snapshot = replace(
+                session.snapshot,
+                status="complete",
+                payment_status="paid",
+                payment_intent_id=payment_intent_id or f"pi_{session_id}",
+            )
+            return session.snapshot
+
+    def refund_count(self) -> int:
+        return len(self.refunds)
+
+    # -- internals --------------------------------------------------------------------------
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.unavailable_calls > 0:
+            self.unavailable_calls -= 1
+            raise GatewayUnavailable("Stripe could not be reached")
+
+    def _replay(self, key: str, params: object) -> object | None:
+        earlier = self._replies.get(key)
+        if earlier is None:
+            return None
+        if earlier[0] != params:
+            raise GatewayRejected(
+                "Keys for idempotent requests can only be used with the same parameters"
+            )
+        return earlier[1]
+
+    def _session(self, session_id: str) -> _Session:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise GatewayRejected(f"No such checkout.session: {session_id!r}") from None

@@ -1,0 +1,41 @@
+"""The ports: small Protocols the use cases need, implemented by the adapters."""
+
+from billing.ports.clock import Clock
+from billing.ports.notifier import Notifier
+from billing.ports.payment_gateway import (
+    CheckoutParams,
+    CheckoutSnapshot,
+    PaymentGateway,
+    RefundParams,
+    RefundSnapshot,
+)
+from billing.ports.unit_of_work import (
+    AccountRepository,
+    EventInbox,
+    IdempotencyRecord,
+    IdempotencyStore,
+    LedgerRepository,
+    PaymentRepository,
+    RefundRepository,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+
+__all__ = [
+    "AccountRepository",
+    "CheckoutParams",
+    "CheckoutSnapshot",
+    "Clock",
+    "EventInbox",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "LedgerRepository",
+    "Notifier",
+    "PaymentGateway",
+    "PaymentRepository",
+    "RefundParams",
+    "RefundRepository",
+    "RefundSnapshot",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+]

@@ -1,0 +1,136 @@
+"""The unit of work and its repositories: one transaction per use case.
+
+A unit rolls back unless `commit()` is called. A unit opened for writing locks every row it
+reads (row locks on Postgres, the whole database on SQLite, a lock in memory), so a use case can
+read, decide and write without another writer slipping in between. Unique keys are the backstop:
+a lost race surfaces as TransientConflict and the whole use case runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from billing.domain.events import DomainEvent
+from billing.domain.ledger import Account, LedgerEntry
+from billing.domain.payment import PaymentSession, Refund
+from billing.domain.payment_events import InboxEvent
+
+
+class AccountRepository(Protocol):
+    def get(self, user_id: str) -> Account | None: ...
+
+    def lock(self, user_id: str) -> Account:
+        """The account, locked until the unit ends; a new one at balance 0 if there is none."""
+        ...
+
+    def save(self, account: Account) -> None: ...
+
+
+class LedgerRepository(Protocol):
+    def add(self, entry: LedgerEntry) -> LedgerEntry:
+        """Write the row; returns it with its `seq`. A duplicate key raises TransientConflict."""
+        ...
+
+    def get(self, key: str) -> LedgerEntry | None: ...
+
+    def page(self, user_id: str, before_seq: int | None, limit: int) -> Sequence[LedgerEntry]:
+        """A user's rows, newest first, with seq < before_seq when given."""
+        ...
+
+
+class PaymentRepository(Protocol):
+    def add(self, session: PaymentSession) -> None: ...
+
+    def save(self, session: PaymentSession) -> None: ...
+
+    def by_payment_id(self, payment_id: str) -> PaymentSession | None: ...
+
+    def by_request(self, user_id: str, request_id: str) -> PaymentSession | None: ...
+
+    def by_stripe_session(self, stripe_session_id: str) -> PaymentSession | None: ...
+
+    def by_payment_intent(self, payment_intent_id: str) -> PaymentSession | None: ...
+
+    def pending_before(self, cutoff: datetime, limit: int) -> Sequence[PaymentSession]:
+        """PENDING sessions created before `cutoff`, oldest first (for reconciliation)."""
+        ...
+
+
+class RefundRepository(Protocol):
+    def add(self, refund: Refund) -> None: ...
+
+    def save(self, refund: Refund) -> None: ...
+
+    def by_key(self, refund_key: str) -> Refund | None: ...
+
+    def by_stripe_id(self, stripe_refund_id: str) -> Refund | None: ...
+
+    def for_payment(self, payment_id: str) -> Sequence[Refund]: ...
+
+    def pending(self, limit: int) -> Sequence[Refund]: ...
+
+
+class EventInbox(Protocol):
+    def get(self, event_id: str) -> InboxEvent | None: ...
+
+    def add(self, event: InboxEvent) -> None:
+        """A second row for the same event id raises TransientConflict."""
+        ...
+
+    def save(self, event: InboxEvent) -> None: ...
+
+    def recent(self, failed_only: bool, limit: int) -> Sequence[InboxEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first successful response of an RPC for (rpc, user_id, key)."""
+
+    rpc: str
+    user_id: str
+    key: str
+    params_hash: str
+    response: Mapping[str, object]
+    created_at: datetime
+
+
+class IdempotencyStore(Protocol):
+    def get(self, rpc: str, user_id: str, key: str) -> IdempotencyRecord | None: ...
+
+    def add(self, record: IdempotencyRecord) -> None: ...
+
+
+@runtime_checkable
+class UnitOfWork(Protocol):
+    accounts: AccountRepository
+    ledger: LedgerRepository
+    payments: PaymentRepository
+    refunds: RefundRepository
+    inbox: EventInbox
+    idempotency: IdempotencyStore
+    events: list[DomainEvent]  # collected while the unit runs, published after commit
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back whatever was not committed."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        """A new unit; a read-only one takes no locks and must not write."""
+        ...

@@ -66,6 +66,11 @@ class SessionNotFound(BillingError):
     kind = ErrorKind.NOT_FOUND
 
 
+class EventNotFound(BillingError):
+    reason = "EVENT_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
+
+
 class IdempotencyKeyReused(BillingError):
     reason = "IDEMPOTENCY_KEY_REUSED"
     kind = ErrorKind.CONFLICT

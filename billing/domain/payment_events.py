@@ -7,7 +7,7 @@ decides from our own rows, never from the event's metadata alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from billing.domain.money import Money
@@ -98,3 +98,8 @@ class InboxEvent:
     attempts: int = 1
     error: str = ""
     next_attempt_at: datetime | None = None
+
+
+def unmatched_retry_delay(attempts: int) -> timedelta:
+    """Backoff before reconciliation retries an unmatched event: 30 s doubling, at most 1 h."""
+    return min(timedelta(seconds=30 * 2 ** min(attempts - 1, 10)), timedelta(hours=1))

@@ -5,6 +5,7 @@ from billing.ports.notifier import Notifier
 from billing.ports.payment_gateway import (
     CheckoutParams,
     CheckoutSnapshot,
+    PaymentEventParser,
     PaymentGateway,
     RefundParams,
     RefundSnapshot,
@@ -31,6 +32,7 @@ __all__ = [
     "IdempotencyStore",
     "LedgerRepository",
     "Notifier",
+    "PaymentEventParser",
     "PaymentGateway",
     "PaymentRepository",
     "RefundParams",

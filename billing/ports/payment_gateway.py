@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from billing.domain.money import Money
+from billing.domain.payment_events import PaymentEvent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,3 +95,16 @@ class PaymentGateway(Protocol):
         ...
 
     def refund(self, params: RefundParams) -> RefundSnapshot: ...
+
+    def retrieve_refund(self, refund_id: str) -> RefundSnapshot: ...
+
+    def undelivered_events(self, limit: int = 100) -> Sequence[PaymentEvent]:
+        """Events the provider failed to deliver to our webhook, translated (reconciliation)."""
+        ...
+
+
+@runtime_checkable
+class PaymentEventParser(Protocol):
+    def parse(self, payload: str) -> PaymentEvent:
+        """Translate a stored provider payload (an inbox row) back into a PaymentEvent."""
+        ...

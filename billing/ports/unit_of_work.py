@@ -8,7 +8,7 @@ a lost race surfaces as TransientConflict and the whole use case runs again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -29,6 +29,10 @@ class AccountRepository(Protocol):
 
     def save(self, account: Account) -> None: ...
 
+    def scan(self) -> Iterator[Account]:
+        """Every account (for the audit); streamed, not loaded at once."""
+        ...
+
 
 class LedgerRepository(Protocol):
     def add(self, entry: LedgerEntry) -> LedgerEntry:
@@ -39,6 +43,10 @@ class LedgerRepository(Protocol):
 
     def page(self, user_id: str, before_seq: int | None, limit: int) -> Sequence[LedgerEntry]:
         """A user's rows, newest first, with seq < before_seq when given."""
+        ...
+
+    def scan(self) -> Iterator[LedgerEntry]:
+        """Every row ordered by (user_id, seq), streamed (for the audit)."""
         ...
 
 
@@ -59,6 +67,13 @@ class PaymentRepository(Protocol):
         """PENDING sessions created before `cutoff`, oldest first (for reconciliation)."""
         ...
 
+    def claim(self, payment_id: str) -> PaymentSession | None:
+        """The session if it is still PENDING and no other unit holds it (SKIP LOCKED), locked
+        until this unit ends; None otherwise. Replicas reconciling at once never share work."""
+        ...
+
+    def scan(self) -> Iterator[PaymentSession]: ...
+
 
 class RefundRepository(Protocol):
     def add(self, refund: Refund) -> None: ...
@@ -71,7 +86,13 @@ class RefundRepository(Protocol):
 
     def for_payment(self, payment_id: str) -> Sequence[Refund]: ...
 
-    def pending(self, limit: int) -> Sequence[Refund]: ...
+    def pending(self, limit: int) -> Sequence[Refund]:
+        """Refunds still PENDING (debited, Stripe not confirmed), oldest first."""
+        ...
+
+    def claim(self, refund_key: str) -> Refund | None:
+        """Like PaymentRepository.claim, for a PENDING refund."""
+        ...
 
 
 class EventInbox(Protocol):
@@ -83,7 +104,13 @@ class EventInbox(Protocol):
 
     def save(self, event: InboxEvent) -> None: ...
 
-    def recent(self, failed_only: bool, limit: int) -> Sequence[InboxEvent]: ...
+    def recent(self, failed_only: bool, limit: int) -> Sequence[InboxEvent]:
+        """Newest first; failed_only keeps unmatched, rejected and parked events."""
+        ...
+
+    def due(self, now: datetime, limit: int) -> Sequence[InboxEvent]:
+        """UNMATCHED events whose next attempt is due (next_attempt_at null or <= now)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from billing.domain.events import PaymentEventRejected
 from billing.domain.ledger import Posting, TransactionType, ledger_key
+from billing.domain.limits import DEFAULT_EVENT_MAX_ATTEMPTS
 from billing.domain.payment import PAID_STATES, PaymentSession, Refund
 from billing.domain.payment_events import (
     CHECKOUT_KINDS,
@@ -19,6 +20,7 @@ from billing.domain.payment_events import (
     InboxEvent,
     InboxOutcome,
     PaymentEvent,
+    unmatched_retry_delay,
 )
 from billing.ports import UnitOfWork
 from billing.use_cases import _postings
@@ -53,6 +55,7 @@ def _rejected(why: str) -> _Verdict:
 @dataclass(frozen=True, slots=True)
 class ApplyPaymentEvent:
     units: UnitRunner
+    max_attempts: int = DEFAULT_EVENT_MAX_ATTEMPTS  # tries of an unmatched event before parking
 
     def __call__(self, event: PaymentEvent, *, replay: bool = False) -> EventApplied:
         """Apply `event` once. `replay` re-applies a stored event whatever its outcome was."""
@@ -69,22 +72,26 @@ class ApplyPaymentEvent:
             outcome, error = verdict.outcome, verdict.error
         if outcome is InboxOutcome.REJECTED:
             unit.events.append(PaymentEventRejected(event.event_id, event.type, error))
+        attempts = stored.attempts + 1 if stored else 1
+        next_attempt_at = None
+        if outcome is InboxOutcome.UNMATCHED:
+            if attempts >= self.max_attempts:
+                outcome, error = InboxOutcome.PARKED, f"{error}; parked after {attempts} attempts"
+            else:
+                next_attempt_at = now + unmatched_retry_delay(attempts)
+        row = stored or InboxEvent(
+            event_id=event.event_id,
+            type=event.type,
+            payload=event.payload,
+            received_at=now,
+            outcome=outcome,
+        )
+        row.attempts, row.outcome, row.error = attempts, outcome, error
+        row.processed_at, row.next_attempt_at = now, next_attempt_at
         if stored is None:
-            unit.inbox.add(
-                InboxEvent(
-                    event_id=event.event_id,
-                    type=event.type,
-                    payload=event.payload,
-                    received_at=now,
-                    outcome=outcome,
-                    processed_at=now,
-                    error=error,
-                )
-            )
+            unit.inbox.add(row)
         else:
-            stored.attempts += 1
-            stored.outcome, stored.error, stored.processed_at = outcome, error, now
-            unit.inbox.save(stored)
+            unit.inbox.save(row)
         return EventApplied(outcome, error=error)
 
     def _decide(self, unit: UnitOfWork, event: PaymentEvent) -> InboxOutcome:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from billing.adapters.memory import (
     InMemoryPaymentGateway,
@@ -18,6 +18,7 @@ from billing.domain.payment import PaymentSession
 from billing.domain.payment_events import PaymentEvent
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent, EventApplied
+from billing.use_cases.audit import Audit
 from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import (
     CheckoutCreated,
@@ -26,7 +27,9 @@ from billing.use_cases.create_checkout import (
 )
 from billing.use_cases.get_balance import GetBalance
 from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.inbox_events import ListInboxEvents, ReplayInboxEvent
 from billing.use_cases.list_transactions import ListTransactions
+from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
 from billing.use_cases.spend_coins import CoinsCommand, GrantCoins, SpendCoins
 
@@ -35,6 +38,16 @@ _ids = itertools.count(1)
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{next(_ids)}"
+
+
+class EventsByPayload:
+    """Implements PaymentEventParser for events this test delivered (payload = event id)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, PaymentEvent] = {}
+
+    def parse(self, payload: str) -> PaymentEvent:
+        return self.known[payload]
 
 
 @dataclass
@@ -56,6 +69,11 @@ class World:
         self.spend_coins = SpendCoins(self.units, max_coins=1_000_000)
         self.grant_coins = GrantCoins(self.units, max_coins=1_000_000)
         self.list_transactions = ListTransactions(self.units)
+        self.parser = EventsByPayload()
+        self.reconcile = Reconcile(self.units, self.gateway, self.parser, self.apply_event)
+        self.audit = Audit(self.units)
+        self.inbox = ListInboxEvents(self.units)
+        self.replay = ReplayInboxEvent(self.units, self.parser, self.apply_event)
 
     # -- callers ----------------------------------------------------------------------------
     def checkout(
@@ -96,7 +114,8 @@ class World:
         )
 
     def deliver(self, event: PaymentEvent) -> EventApplied:
-        return self.apply_event(event)
+        self.parser.known[event.payload or event.event_id] = event
+        return self.apply_event(replace(event, payload=event.payload or event.event_id))
 
     # -- what the store holds ---------------------------------------------------------------
     def session(self, session_id: str) -> PaymentSession:

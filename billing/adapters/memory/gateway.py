@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from billing.domain.errors import GatewayRejected, GatewayUnavailable
+from billing.domain.payment_events import PaymentEvent
 from billing.ports import CheckoutParams, CheckoutSnapshot, RefundParams, RefundSnapshot
 
 
@@ -31,6 +32,7 @@ class InMemoryPaymentGateway:
         self.refunds: dict[str, tuple[RefundParams, RefundSnapshot]] = {}
         self._replies: dict[str, tuple[object, object]] = {}
         self.calls: list[str] = []
+        self.undelivered: list[PaymentEvent] = []  # events "Stripe" failed to deliver
         self.unavailable_calls = 0  # the next N calls fail as if Stripe were unreachable
         self.refuse_refunds = False
         self.fail_refunds = False  # refunds are accepted, then fail (like 4000000000005126)
@@ -86,6 +88,19 @@ class InMemoryPaymentGateway:
             self._replies[params.idempotency_key] = (params, refund)
             return refund
 
+    def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
+        with self._lock:
+            self._call("retrieve_refund")
+            try:
+                return self.refunds[refund_id][1]
+            except KeyError:
+                raise GatewayRejected(f"No such refund: {refund_id!r}") from None
+
+    def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
+        with self._lock:
+            self._call("undelivered_events")
+            return list(self.undelivered[:limit])
+
     # -- what a customer or Stripe does -----------------------------------------------------
     def pay(self, session_id: str, payment_intent_id: str | None = None) -> CheckoutSnapshot:
         with self._lock:
@@ -97,6 +112,11 @@ class InMemoryPaymentGateway:
                 payment_intent_id=payment_intent_id or f"pi_{session_id}",
             )
             return session.snapshot
+
+    def settle_refund(self, refund_id: str, status: str) -> None:
+        with self._lock:
+            params, refund = self.refunds[refund_id]
+            self.refunds[refund_id] = (params, replace(refund, status=status))
 
     def refund_count(self) -> int:
         return len(self.refunds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -19,7 +19,7 @@ from billing.domain.errors import TransientConflict
 from billing.domain.events import DomainEvent
 from billing.domain.ledger import Account, LedgerEntry
 from billing.domain.payment import PaymentSession, PaymentStatus, Refund, RefundStatus
-from billing.domain.payment_events import FAILED_OUTCOMES, InboxEvent
+from billing.domain.payment_events import FAILED_OUTCOMES, InboxEvent, InboxOutcome
 from billing.ports import IdempotencyRecord
 
 
@@ -121,6 +121,9 @@ class _Accounts(_Repository):
             raise ValueError("CHECK balance >= 0 violated")
         self.state.accounts[account.user_id] = copy.copy(account)
 
+    def scan(self) -> Iterator[Account]:
+        return (copy.copy(a) for a in list(self.state.accounts.values()))
+
 
 class _Ledger(_Repository):
     def add(self, entry: LedgerEntry) -> LedgerEntry:
@@ -142,8 +145,8 @@ class _Ledger(_Repository):
         ]
         return rows[:limit]
 
-    def all(self) -> list[LedgerEntry]:
-        return list(self.state.ledger.values())
+    def scan(self) -> Iterator[LedgerEntry]:
+        return iter(sorted(self.state.ledger.values(), key=lambda e: (e.user_id, e.seq)))
 
 
 class _Payments(_Repository):
@@ -198,6 +201,13 @@ class _Payments(_Repository):
         )
         return [copy.copy(s) for s in rows[:limit]]
 
+    def claim(self, payment_id: str) -> PaymentSession | None:
+        session = self.by_payment_id(payment_id)  # the unit already holds the store's lock
+        return session if session and session.status is PaymentStatus.PENDING else None
+
+    def scan(self) -> Iterator[PaymentSession]:
+        return (copy.copy(s) for s in list(self.state.payments.values()))
+
 
 class _Refunds(_Repository):
     def add(self, refund: Refund) -> None:
@@ -230,7 +240,11 @@ class _Refunds(_Repository):
 
     def pending(self, limit: int) -> Sequence[Refund]:
         rows = [r for r in self.state.refunds.values() if r.status is RefundStatus.PENDING]
-        return [copy.copy(r) for r in rows[:limit]]
+        return [copy.copy(r) for r in sorted(rows, key=lambda r: r.created_at)[:limit]]
+
+    def claim(self, refund_key: str) -> Refund | None:
+        refund = self.by_key(refund_key)
+        return refund if refund and refund.status is RefundStatus.PENDING else None
 
 
 class _Inbox(_Repository):
@@ -253,6 +267,15 @@ class _Inbox(_Repository):
             if not failed_only or e.outcome in FAILED_OUTCOMES
         ]
         return [copy.copy(e) for e in rows[:limit]]
+
+    def due(self, now: datetime, limit: int) -> Sequence[InboxEvent]:
+        rows = [
+            e
+            for e in self.state.inbox.values()
+            if e.outcome is InboxOutcome.UNMATCHED
+            and (e.next_attempt_at is None or e.next_attempt_at <= now)
+        ]
+        return [copy.copy(e) for e in sorted(rows, key=lambda e: e.received_at)[:limit]]
 
 
 class _Idempotency(_Repository):

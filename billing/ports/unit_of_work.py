@@ -133,13 +133,28 @@ class IdempotencyStore(Protocol):
 
 @runtime_checkable
 class UnitOfWork(Protocol):
-    accounts: AccountRepository
-    ledger: LedgerRepository
-    payments: PaymentRepository
-    refunds: RefundRepository
-    inbox: EventInbox
-    idempotency: IdempotencyStore
-    events: list[DomainEvent]  # collected while the unit runs, published after commit
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def ledger(self) -> LedgerRepository: ...
+
+    @property
+    def payments(self) -> PaymentRepository: ...
+
+    @property
+    def refunds(self) -> RefundRepository: ...
+
+    @property
+    def inbox(self) -> EventInbox: ...
+
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def events(self) -> list[DomainEvent]:
+        """Collected while the unit runs, published after commit."""
+        ...
 
     def __enter__(self) -> Self: ...
 

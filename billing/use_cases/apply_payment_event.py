@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from billing.domain.events import PaymentEventRejected
 from billing.domain.ledger import Posting, TransactionType, ledger_key
 from billing.domain.limits import DEFAULT_EVENT_MAX_ATTEMPTS
-from billing.domain.payment import PAID_STATES, PaymentSession, Refund
+from billing.domain.payment import PAID_STATES, PaymentSession, Refund, RefundStatus
 from billing.domain.payment_events import (
     CHECKOUT_KINDS,
     REFUND_KINDS,
@@ -26,6 +26,9 @@ from billing.ports import UnitOfWork
 from billing.use_cases import _postings
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.refund_payment import apply_refund_snapshot
+
+# A redelivery of these is applied again (they may match now); any other is a duplicate.
+RETRIED_OUTCOMES = frozenset({InboxOutcome.UNMATCHED, InboxOutcome.PARKED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ class ApplyPaymentEvent:
 
     def _apply(self, unit: UnitOfWork, event: PaymentEvent, replay: bool) -> EventApplied:
         stored = unit.inbox.get(event.event_id)
-        if stored is not None and stored.outcome is not InboxOutcome.UNMATCHED and not replay:
+        if stored is not None and stored.outcome not in RETRIED_OUTCOMES and not replay:
             return EventApplied(stored.outcome, duplicate=True, error=stored.error)
         now = self.units.now()
         try:
@@ -109,6 +112,10 @@ class ApplyPaymentEvent:
         else:  # payment_intent.* and charge.refunded: recorded and cross-checked only
             session = self._session_of(unit, event)
             self._check_amount(session, event)
+            if event.payment_intent_id and not session.payment_intent_id:
+                # Lets a dispute or dashboard refund that names only the intent find us.
+                session.payment_intent_id = event.payment_intent_id
+                unit.payments.save(session)
             if event.amount_refunded is not None and event.amount_refunded > (
                 session.amount.amount_minor
             ):
@@ -121,6 +128,9 @@ class ApplyPaymentEvent:
             session = unit.payments.by_stripe_session(event.stripe_session_id)
         if session is None and event.payment_id:
             session = unit.payments.by_payment_id(event.payment_id)
+            if session and event.stripe_session_id and session.stripe_session_id:
+                # Our payment id on a Checkout Session that is not the one we created.
+                raise _rejected("the event's Checkout Session is not this payment's")
         if session is None and event.payment_intent_id:
             session = unit.payments.by_payment_intent(event.payment_intent_id)
         if session is None:
@@ -171,7 +181,10 @@ class ApplyPaymentEvent:
             if event.refund_key:
                 raise _unmatched("refund")
             if status in ("failed", "canceled"):
-                return  # a refund made elsewhere that never happened: nothing to undo
+                # A refund made elsewhere that never happened: nothing to undo, but remember
+                # it, so its refund.created, arriving late, finds it failed and debits nothing.
+                self._remember_failed_external_refund(unit, event)
+                return
             refund = self._external_refund(unit, event)
             if refund is None:
                 return
@@ -180,6 +193,27 @@ class ApplyPaymentEvent:
         if event.amount is not None and event.amount.currency != session.amount.currency:
             raise _rejected("refund currency does not match the session's")
         apply_refund_snapshot(unit, refund, event.refund_id, status, self.units)
+
+    def _remember_failed_external_refund(self, unit: UnitOfWork, event: PaymentEvent) -> None:
+        if not event.refund_id or event.amount is None:
+            raise _rejected("refund event without id or amount")
+        session = self._session_of(unit, event)
+        now = self.units.now()
+        unit.refunds.add(
+            Refund(
+                refund_key=event.refund_id,
+                payment_id=session.payment_id,
+                payment_intent_id=session.payment_intent_id,
+                user_id=session.user_id,
+                amount=event.amount,
+                coins=0,
+                created_at=now,
+                updated_at=now,
+                reason="refunded outside the billing service, and failed",
+                stripe_refund_id=event.refund_id,
+                status=RefundStatus.FAILED,
+            )
+        )
 
     def _external_refund(self, unit: UnitOfWork, event: PaymentEvent) -> Refund | None:
         """A refund made outside this service (the dashboard): debit in proportion, by `re_`."""
@@ -193,7 +227,7 @@ class ApplyPaymentEvent:
         refunded = sum(
             r.amount.amount_minor
             for r in unit.refunds.for_payment(session.payment_id)
-            if r.status.value != "FAILED"
+            if r.status is not RefundStatus.FAILED
         )
         if refunded + event.amount.amount_minor > session.amount.amount_minor:
             raise _rejected("refunds would exceed the session's amount")
@@ -253,6 +287,12 @@ class ApplyPaymentEvent:
         debit_key = ledger_key("dispute", event.dispute_id)
         debited = unit.ledger.get(debit_key)
         if kind is EventKind.DISPUTE_CREATED:
+            if any(
+                r.status is RefundStatus.PENDING
+                for r in unit.refunds.for_payment(session.payment_id)
+            ):
+                # What the dispute takes depends on whether that refund succeeds or fails.
+                raise _unmatched("settled refund")
             owed = session.total_coins - session.coins_refunded
             if debited is None and owed > 0 and session.status in PAID_STATES:
                 _postings.debit_what_is_left(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from billing.domain.errors import CoinsAlreadySpent, GatewayRejected
 from billing.domain.ledger import Posting, TransactionType, ledger_key
 from billing.domain.limits import check_id, check_key, check_reason
+from billing.domain.money import Money
 from billing.domain.payment import PaymentStatus, Refund, RefundStatus, new_refund_key
 from billing.ports import PaymentGateway, RefundParams, RefundSnapshot, UnitOfWork
 from billing.use_cases import _postings
@@ -86,12 +87,18 @@ class RefundPayment:
                 f"user has {account.balance} coins, the refund takes back {owed}"
             )
         now = self.units.now()
+        refunded = sum(
+            r.amount.amount_minor
+            for r in unit.refunds.for_payment(session.payment_id)
+            if r.status is not RefundStatus.FAILED
+        )
         refund = Refund(
             refund_key=new_refund_key(),
             payment_id=session.payment_id,
             payment_intent_id=session.payment_intent_id,
             user_id=session.user_id,
-            amount=session.amount,
+            # What is left: Stripe refuses more than the charge's unrefunded amount.
+            amount=Money(session.amount.currency, session.amount.amount_minor - refunded),
             coins=owed,
             created_at=now,
             updated_at=now,
@@ -131,7 +138,10 @@ class RefundPayment:
         assert session is not None and account is not None
         result = RefundResult(
             status=session.status,
-            coins_debited=refund.coins - refund.shortfall,
+            # refund.failed may have overtaken Stripe's answer and given the coins back
+            coins_debited=0
+            if refund.status is RefundStatus.FAILED
+            else refund.coins - refund.shortfall,
             new_balance=account.balance,
         )
         response = {

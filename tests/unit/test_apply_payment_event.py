@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -245,3 +246,40 @@ def test_event_times_are_kept_on_the_inbox_row(world):
     row = world.store.state.inbox[event.event_id]
     assert isinstance(row.received_at, datetime) and row.processed_at == row.received_at
     assert row.type == "checkout.session.completed"
+
+
+def test_our_payment_id_on_another_checkout_session_is_rejected(world):
+    created = world.checkout("alice")
+    event = paid(world, created)
+    forged = replace(event, stripe_session_id="cs_other")
+    assert world.deliver(forged).outcome is InboxOutcome.REJECTED
+    assert world.balance("alice") == 0
+
+
+def test_a_payment_intent_event_teaches_us_the_intent_id(world):
+    created = world.checkout("alice")
+    event = PaymentEvent(
+        event_id="evt_pi",
+        type="payment_intent.succeeded",
+        created=world.clock.now(),
+        payment_id=created.payment_id,
+        payment_intent_id="pi_early",
+        amount=Money("USD", 9999),
+    )
+    world.deliver(event)
+    assert world.session(created.session_id).payment_intent_id == "pi_early"
+
+
+def test_a_redelivered_parked_event_is_tried_again(world):
+    event = PaymentEvent(
+        event_id="evt_p",
+        type="checkout.session.completed",
+        created=world.clock.now(),
+        stripe_session_id="cs_unknown",
+        payment_status="paid",
+        amount=Money("USD", 9999),
+    )
+    for _ in range(10):
+        world.deliver(event)
+    assert world.store.state.inbox["evt_p"].outcome is InboxOutcome.PARKED
+    assert not world.deliver(event).duplicate

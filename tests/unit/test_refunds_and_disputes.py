@@ -258,3 +258,25 @@ def test_a_dispute_without_an_id_is_rejected(world):
     created = bought(world)
     event = dispute_event(world, created, "created", "")
     assert world.deliver(event).outcome is InboxOutcome.REJECTED
+
+
+def test_a_refund_after_a_dashboard_refund_asks_stripe_only_for_what_is_left(world):
+    created = bought(world)
+    world.deliver(
+        refund_event(world, created, "created", refund_id="re_part", amount=Money("USD", 4999))
+    )
+    result = world.refund("alice", created.session_id)
+    params = next(p for p, _ in world.gateway.refunds.values())
+    assert params.amount == Money("USD", 5000)
+    assert result.coins_debited == 1200 - 599 and result.status is REFUNDED
+    world.assert_invariants()
+
+
+def test_a_dispute_while_our_refund_is_pending_waits_for_the_refund(world):
+    created = bought(world)
+    world.gateway.unavailable_calls = 1
+    with pytest.raises(GatewayUnavailable):
+        world.refund("alice", created.session_id)
+    early = dispute_event(world, created, "created", "dp_1")
+    assert world.deliver(early).outcome is InboxOutcome.UNMATCHED
+    assert world.balance("alice") == 0

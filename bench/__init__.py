@@ -1,0 +1,1 @@
+"""Benchmarks with same-run limits (`make bench`); never part of the tests."""

@@ -1,0 +1,87 @@
+"""Database errors, translated once into the domain's vocabulary.
+
+- A lost race (unique violation, serialization failure, deadlock, SQLite's "database is locked")
+  becomes TransientConflict: the use-case runner re-runs the whole unit.
+- A lost, refused or broken connection (and a pool with no connection to give) becomes
+  StoreUnavailable: the caller gets a retryable error. That includes a failed COMMIT, whose
+  outcome we cannot know: every write is keyed, so the retry is safe either way.
+- Anything else (a CHECK violation, SQL that does not fit the schema) is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc
+
+from billing.domain.errors import StoreUnavailable, TransientConflict
+
+log = logging.getLogger(__name__)
+
+# Postgres SQLSTATEs: unique_violation, serialization_failure, deadlock_detected.
+_PG_CONFLICTS = frozenset({"23505", "40001", "40P01"})
+# Connection exceptions (class 08), server going away (57P01-57P03), out of connections (53300).
+_PG_UNAVAILABLE_PREFIXES = ("08", "57P0", "53")
+
+# Extended result codes refine these (SQLITE_BUSY_TIMEOUT, SQLITE_LOCKED_SHAREDCACHE, ...).
+_SQLITE_CONFLICT_PREFIXES = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_SQLITE_UNIQUE_VIOLATIONS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+_SQLITE_UNAVAILABLE_PREFIXES = ("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_NOMEM")
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this code needs."""
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Run a database call, raising the domain's error for a lost race or a lost database."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        translated = translate(error)
+        if translated is None:
+            raise
+        raise translated from error
+    except exc.TimeoutError as error:  # every pooled connection stayed busy
+        raise StoreUnavailable("the database is too busy to take the request; retry") from error
+
+
+def translate(error: exc.DBAPIError) -> Exception | None:
+    """The domain error for `error`, or None when it is a bug to propagate as it is."""
+    original = error.orig
+    if isinstance(original, sqlite3.Error):
+        return _translate_sqlite(original)
+    sqlstate = getattr(original, "pgcode", None) or ""
+    if sqlstate in _PG_CONFLICTS:
+        return TransientConflict(f"lost a race in the database (SQLSTATE {sqlstate})")
+    if error.connection_invalidated or sqlstate.startswith(_PG_UNAVAILABLE_PREFIXES):
+        return _unavailable(error)
+    # psycopg2 reports a refused connection or a dropped socket without any SQLSTATE.
+    if not sqlstate and isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return _unavailable(error)
+    return None
+
+
+def _translate_sqlite(original: sqlite3.Error) -> Exception | None:
+    name = getattr(original, "sqlite_errorname", "")
+    if name.startswith(_SQLITE_CONFLICT_PREFIXES) or name in _SQLITE_UNIQUE_VIOLATIONS:
+        return TransientConflict(f"lost a race in the database ({name})")
+    if name.startswith(_SQLITE_UNAVAILABLE_PREFIXES):
+        log.warning("SQLite database unusable: %s", _first_line(str(original)))
+        return StoreUnavailable("the database cannot be opened or written; retry later")
+    return None
+
+
+def _unavailable(error: exc.DBAPIError) -> StoreUnavailable:
+    # The driver's message may name the host; it goes to the log, never to the caller.
+    log.warning("database unavailable: %s", _first_line(str(error.orig)))
+    return StoreUnavailable("the database is unavailable; retry later")
+
+
+def _first_line(message: str) -> str:
+    lines = message.strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,1 @@
+"""The repositories of SqlUnitOfWork, one module per aggregate pair."""

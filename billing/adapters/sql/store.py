@@ -1,0 +1,78 @@
+"""SqlStore: the database as the use cases' UnitOfWorkFactory, plus what operators need."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from billing.adapters.sql import schema
+from billing.adapters.sql.engine import build_engine, unit_options
+from billing.adapters.sql.unit_of_work import SqlUnitOfWork
+
+if TYPE_CHECKING:
+    from billing.ports import UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+
+
+class SqlStore:
+    """Implements UnitOfWorkFactory over one engine and its connection pool.
+
+    Creating a store connects to nothing: the first unit of work or ping does.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 10,
+        *,
+        pool_timeout_s: float = 10.0,
+        sqlite_busy_timeout_s: float = 10.0,
+    ) -> None:
+        self.engine = build_engine(
+            url,
+            pool_size=pool_size,
+            pool_timeout_s=pool_timeout_s,
+            sqlite_busy_timeout_s=sqlite_busy_timeout_s,
+        )
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, read_only=read_only)
+
+    unit_of_work = __call__
+
+    def ping(self) -> bool:
+        """True when the database answers SELECT 1; never raises (for /readyz and health)."""
+        try:
+            with self.engine.connect() as connection:
+                # As a reader: on SQLite a writer's lock must not make the probe wait or fail.
+                connection.execution_options(**unit_options(self.engine.dialect.name,
+                                                            read_only=True))
+                connection.exec_driver_sql("SELECT 1")
+        except Exception as error:  # a probe answers, whatever went wrong
+            log.info("database ping failed: %s", type(error).__name__)
+            return False
+        return True
+
+    def check_schema(self) -> None:
+        """Raise SchemaError (saying to run `billing migrate`) unless the schema is current;
+        StoreUnavailable when the database cannot be reached."""
+        schema.check_schema(self.engine)
+
+    def pool_in_use(self) -> int:
+        """Connections checked out of the pool right now (for the billing_db_pool_in_use gauge)."""
+        checked_out = getattr(self.engine.pool, "checkedout", None)
+        return int(checked_out()) if callable(checked_out) else 0
+
+    def dispose(self) -> None:
+        """Close every pooled connection (on shutdown)."""
+        self.engine.dispose()
+
+
+if TYPE_CHECKING:  # mypy checks that the store and its units implement the ports
+
+    def _implements_the_port(store: SqlStore) -> UnitOfWorkFactory:
+        return store

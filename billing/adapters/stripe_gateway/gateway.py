@@ -1,0 +1,264 @@
+"""The PaymentGateway port on Stripe, through the official SDK (`stripe.StripeClient`).
+
+Every mutating call carries its own Idempotency-Key (`<payment_id>:create`, `<payment_id>:expire`,
+`<refund_key>:refund`) and is rebuilt from our stored row, so a retry replays Stripe's first answer
+instead of making a second session or refund. Stripe's errors become the domain's two gateway
+errors once, here, with every API key scrubbed from the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+
+from billing.adapters.stripe_gateway.events import translate_event
+from billing.domain.errors import GatewayRejected, GatewayUnavailable
+from billing.domain.money import Money
+from billing.domain.payment_events import PaymentEvent
+from billing.ports import CheckoutParams, CheckoutSnapshot, RefundParams, RefundSnapshot
+
+log = logging.getLogger(__name__)
+
+# Secret and restricted keys (masked ones too: Stripe echoes "sk_test_****1234"), webhook
+# secrets, bearer tokens.
+_SECRET = re.compile(
+    r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9_*]*"
+    r"|\bwhsec_[A-Za-z0-9_*]*"
+    r"|(?i:bearer)\s+\S+"
+)
+_MAX_MESSAGE = 300
+
+
+def scrub(text: str) -> str:
+    """Stripe's message, on one line, without anything that looks like a key or secret."""
+    one_line = " ".join(_SECRET.sub("[REDACTED]", text).split())
+    return one_line if len(one_line) <= _MAX_MESSAGE else one_line[: _MAX_MESSAGE - 1] + "…"
+
+
+class StripePaymentGateway:
+    """Implements PaymentGateway on the Stripe API."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        max_network_retries: int = 2,
+        timeout_s: float = 20,
+    ) -> None:
+        if not api_key:
+            raise ValueError("a Stripe API key is required")
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+            max_network_retries=max_network_retries,
+            http_client=stripe.RequestsClient(timeout=timeout_s),
+        )
+
+    # -- the port ---------------------------------------------------------------------------
+    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+        product: dict[str, Any] = {"name": params.product_name}
+        if params.description:  # Stripe refuses an empty description
+            product["description"] = params.description
+        body: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": params.amount.currency.lower(),
+                        "unit_amount": params.amount.amount_minor,
+                        "product_data": product,
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "client_reference_id": params.user_id,
+            "metadata": dict(params.metadata),
+            "payment_intent_data": {"metadata": {"payment_id": params.payment_id}},
+            "expires_at": _unix(params.expires_at),
+            "success_url": params.success_url,
+            "cancel_url": params.cancel_url,
+        }
+        with _stripe_errors("create a checkout session"):
+            session = self._client.v1.checkout.sessions.create(
+                params=body,  # type: ignore[arg-type]  # a plain dict of the documented params
+                options={"idempotency_key": params.idempotency_key},
+            )
+        snapshot = _checkout_snapshot(session)
+        log.info(
+            "stripe checkout session created",
+            extra={"session_id": snapshot.session_id, "payment_id": params.payment_id},
+        )
+        return snapshot
+
+    def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
+        with _stripe_errors("retrieve the checkout session"):
+            session = self._client.v1.checkout.sessions.retrieve(session_id)
+        return _checkout_snapshot(session)
+
+    def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+        action = "expire the checkout session"
+        with _stripe_errors(action):
+            try:
+                session = self._client.v1.checkout.sessions.expire(
+                    session_id, options={"idempotency_key": f"{payment_id}:expire"}
+                )
+                return _checkout_snapshot(session)
+            except stripe.InvalidRequestError as error:
+                if error.http_status != 400:  # 404: no such session
+                    raise
+                refusal = error
+        # Stripe refuses (400) to expire a session that is no longer open, paid or expired
+        # already: that session, as it is now, is the answer.
+        current = self.retrieve_checkout(session_id)
+        if current.status != "open":
+            return current
+        raise GatewayRejected(f"Stripe refused to {action}: {_stripe_message(refusal)}")
+
+    def refund(self, params: RefundParams) -> RefundSnapshot:
+        body: dict[str, Any] = {
+            "payment_intent": params.payment_intent_id,
+            "amount": params.amount.amount_minor,
+            "reason": "requested_by_customer",
+            "metadata": {
+                "refund_key": params.refund_key,
+                "payment_id": params.payment_id,
+                "reason": params.reason,
+            },
+        }
+        with _stripe_errors("refund the payment"):
+            refund = self._client.v1.refunds.create(
+                params=body,  # type: ignore[arg-type]
+                options={"idempotency_key": params.idempotency_key},
+            )
+        snapshot = _refund_snapshot(refund)
+        log.info(
+            "stripe refund created",
+            extra={"refund_id": snapshot.refund_id, "refund_key": params.refund_key,
+                   "status": snapshot.status},
+        )
+        return snapshot
+
+    def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
+        with _stripe_errors("retrieve the refund"):
+            refund = self._client.v1.refunds.retrieve(refund_id)
+        return _refund_snapshot(refund)
+
+    def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
+        """Events whose webhook delivery has not succeeded (yet), translated, oldest first.
+
+        GET /v1/events?delivery_success=false, following `has_more` page after page (100 a
+        page at most, Stripe's cap) until `limit` events are read: the newest `limit`.
+        """
+        if limit <= 0:
+            return []
+        events: list[PaymentEvent] = []
+        with _stripe_errors("list undelivered events"):
+            first = self._client.v1.events.list(
+                params={"delivery_success": False, "limit": min(limit, 100)}
+            )
+            for event in first.auto_paging_iter():
+                translated = _translated(event.to_dict(recursive=True, for_json=True))
+                if translated is not None:
+                    events.append(translated)
+                if len(events) >= limit:
+                    break
+        events.reverse()
+        return events
+
+
+# -- conversions ----------------------------------------------------------------------------
+def _translated(event: dict[str, Any]) -> PaymentEvent | None:
+    payload = json.dumps(event, separators=(",", ":"))
+    try:
+        return translate_event(event, payload)
+    except ValueError as error:  # no usable id or type: nothing to record it under
+        log.warning("skipping an unreadable Stripe event: %s", scrub(str(error)))
+        return None
+
+
+def _unix(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _money(currency: str | None, amount: int | None, what: str) -> Money:
+    try:
+        return Money((currency or "").upper(), int(amount or 0))
+    except (TypeError, ValueError) as error:
+        raise GatewayRejected(f"Stripe returned {what} in an unusable currency: {error}") from None
+
+
+def _checkout_snapshot(session: stripe.checkout.Session) -> CheckoutSnapshot:
+    intent = session.payment_intent
+    intent_id = intent if isinstance(intent, str) else (intent.id if intent is not None else "")
+    metadata = session.metadata
+    payment_id = metadata["payment_id"] if metadata and "payment_id" in metadata else ""
+    return CheckoutSnapshot(
+        session_id=session.id,
+        url=session.url or "",  # Stripe clears the URL once the session is not open
+        status=str(session.status or ""),
+        payment_status=str(session.payment_status or ""),
+        amount=_money(session.currency, session.amount_total, "a checkout session"),
+        expires_at=datetime.fromtimestamp(session.expires_at, UTC),
+        payment_id=str(payment_id),
+        payment_intent_id=intent_id or "",
+    )
+
+
+def _refund_snapshot(refund: stripe.Refund) -> RefundSnapshot:
+    return RefundSnapshot(
+        refund_id=refund.id,
+        status=str(refund.status or ""),
+        amount=_money(refund.currency, refund.amount, "a refund"),
+    )
+
+
+# -- errors ---------------------------------------------------------------------------------
+def _stripe_message(error: stripe.StripeError) -> str:
+    text = error.user_message or type(error).__name__
+    if error.request_id:
+        text = f"{text} (request {error.request_id})"
+    return scrub(str(text))
+
+
+def _transient_status(status: int | None) -> bool:
+    # No status: the response could not be read. 409: a concurrent request on the same key, or
+    # a lock timeout, which the SDK already retried.
+    return status is None or status >= 500 or status == 409
+
+
+@contextmanager
+def _stripe_errors(action: str) -> Iterator[None]:
+    """Map the SDK's errors, after its own retries, to GatewayUnavailable / GatewayRejected.
+
+    The original exception is not chained: its body and headers are Stripe's, and nothing of
+    them may reach a log unscrubbed.
+    """
+    try:
+        yield
+    except (stripe.AuthenticationError, stripe.PermissionError) as error:
+        log.error(
+            "Stripe refused our API key while trying to %s: %s", action, _stripe_message(error)
+        )
+        raise GatewayRejected("Stripe refused our API key") from None
+    except (stripe.APIConnectionError, stripe.RateLimitError) as error:
+        raise GatewayUnavailable(
+            f"Stripe could not be reached to {action}: {_stripe_message(error)}"
+        ) from None
+    except (stripe.InvalidRequestError, stripe.CardError, stripe.IdempotencyError) as error:
+        raise GatewayRejected(f"Stripe refused to {action}: {_stripe_message(error)}") from None
+    except stripe.StripeError as error:  # APIError and anything newer
+        if _transient_status(error.http_status):
+            raise GatewayUnavailable(
+                f"Stripe failed to {action}: {_stripe_message(error)}"
+            ) from None
+        raise GatewayRejected(f"Stripe refused to {action}: {_stripe_message(error)}") from None

@@ -1,0 +1,193 @@
+"""The public port: Stripe's webhook (`POST /api/payment/webhook`) and liveness (`GET /healthz`).
+
+The receiver is thin (STYLE.md 4): read the raw bytes, verify the signature, parse, translate,
+hand the event to the apply-payment-event use case in a worker thread, map its answer to HTTP.
+Rule 7 decides the status codes: 200 for whatever was recorded (applied, duplicate, ignored,
+unmatched, rejected), 503 when the store failed (the unit rolled back; Stripe retries), 400 for
+what is not provably Stripe's or cannot be read, and nothing is stored for any of those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from billing.adapters.metrics import Metrics
+from billing.adapters.stripe_gateway.events import translate_event
+from billing.adapters.webhook._http import json_error, json_errors
+from billing.adapters.webhook.signature import (
+    DEFAULT_TOLERANCE_S,
+    SIGNATURE_HEADER,
+    SignatureError,
+    verify_signature,
+)
+from billing.domain.errors import BillingError, ErrorKind
+from billing.domain.payment_events import PaymentEvent
+from billing.use_cases.apply_payment_event import EventApplied
+
+WEBHOOK_PATH = "/api/payment/webhook"
+DEFAULT_MAX_BODY = 256 * 1024  # Stripe's events are a few KiB
+
+# Metric labels for requests whose event type was never read, or is one we do not handle
+# (bounded, whatever a sender puts in `type`).
+UNREAD_TYPE = "unknown"
+OTHER_TYPE = "other"
+
+log = logging.getLogger("billing.webhook")
+
+ApplyEvent = Callable[[PaymentEvent], EventApplied]
+
+
+def create_public_app(
+    apply_event: ApplyEvent,
+    webhook_secrets: Sequence[str],
+    metrics: Metrics,
+    *,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+    max_body: int = DEFAULT_MAX_BODY,
+    now: Callable[[], float] = time.time,
+) -> web.Application:
+    secrets = tuple(secret for secret in webhook_secrets if secret)
+    if not secrets:
+        raise ValueError("the webhook receiver needs at least one webhook secret")
+    receiver = _WebhookReceiver(apply_event, secrets, metrics, tolerance_s, max_body, now)
+    app = web.Application(client_max_size=max_body, middlewares=[json_errors])
+    app.router.add_post(WEBHOOK_PATH, receiver.handle)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. The database is the admin port's /readyz."""
+    return web.json_response({"status": "ok"})
+
+
+class _Refused(Exception):
+    """The request ends before the use case: an HTTP status, a safe message, a metric outcome."""
+
+    def __init__(self, status: int, message: str, outcome: str, event_type: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.outcome, self.event_type = (
+            status, message, outcome, event_type
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _WebhookReceiver:
+    apply_event: ApplyEvent
+    secrets: tuple[str, ...]
+    metrics: Metrics
+    tolerance_s: int
+    max_body: int
+    now: Callable[[], float]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            event = await self._verified_event(request)
+            return await self._apply(event)
+        except _Refused as refused:
+            self._count(refused.event_type, refused.outcome)
+            log.warning(
+                "webhook refused (%d): %s", refused.status, refused.message,
+                extra={"status": refused.status, "outcome": refused.outcome,
+                       "remote": request.remote},
+            )
+            return json_error(refused.status, refused.message)
+        except ConnectionError:
+            raise  # the sender went away mid-request: nobody to answer
+        except Exception:  # a bug before the event could be read: still no details out
+            return self._failed_permanently(UNREAD_TYPE, _log_fields(None))
+        finally:
+            self.metrics.webhook_latency.observe(time.perf_counter() - started)
+
+    async def _verified_event(self, request: web.Request) -> PaymentEvent:
+        body = await self._body(request)
+        try:
+            verify_signature(
+                body, request.headers.get(SIGNATURE_HEADER), self.secrets, self.now(),
+                self.tolerance_s,
+            )
+        except SignatureError as error:
+            raise _Refused(400, error.reason, "rejected_signature", UNREAD_TYPE) from None
+        try:
+            text = body.decode("utf-8")
+            document = json.loads(text)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+            raise _Refused(400, "the payload is not JSON", "rejected", UNREAD_TYPE) from None
+        try:
+            return translate_event(document, text)
+        except ValueError as error:
+            raise _Refused(400, str(error), "rejected", UNREAD_TYPE) from None
+
+    async def _body(self, request: web.Request) -> bytes:
+        too_large = _Refused(
+            413, f"the body is larger than {self.max_body} bytes", "rejected", UNREAD_TYPE
+        )
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise too_large
+        try:
+            return await request.read()  # the app's client_max_size stops a longer chunked body
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+
+    async def _apply(self, event: PaymentEvent) -> web.Response:
+        event_type = event.type if event.kind is not None else OTHER_TYPE
+        fields = _log_fields(event)
+        loop = asyncio.get_running_loop()
+        try:
+            # The use case is synchronous and talks to the database: keep it off the loop.
+            result = await loop.run_in_executor(None, self.apply_event, event)
+        except BillingError as error:
+            if error.kind is not ErrorKind.UNAVAILABLE:
+                return self._failed_permanently(event_type, fields)
+            self._count(event_type, "failed_transient")
+            log.warning(
+                "webhook %s %s: failed_transient, answered 503 for Stripe to retry: %s",
+                event.event_id, event.type, error.message,
+                extra={**fields, "outcome": "failed_transient"},
+            )
+            return json_error(503, "temporarily unable to record the event; retry later")
+        except Exception:
+            return self._failed_permanently(event_type, fields)
+        outcome = "duplicate" if result.duplicate else result.outcome.value
+        self._count(event_type, outcome)
+        log.log(
+            logging.WARNING if outcome in ("unmatched", "rejected") else logging.INFO,
+            "webhook %s %s: %s%s", event.event_id, event.type, outcome,
+            f" ({result.error})" if result.error else "",
+            extra={**fields, "outcome": outcome, "error": result.error},
+        )
+        return web.json_response(
+            {"received": True, "outcome": result.outcome.value, "duplicate": result.duplicate}
+        )
+
+    def _failed_permanently(self, event_type: str, fields: dict[str, str]) -> web.Response:
+        self._count(event_type, "failed_permanent")
+        log.exception(
+            "webhook %s %s: failed_permanent, unexpected error applying the event",
+            fields["event_id"] or "(unread)", fields["event_type"],
+            extra={**fields, "outcome": "failed_permanent"},
+        )
+        return json_error(500, "internal error")
+
+    def _count(self, event_type: str, outcome: str) -> None:
+        self.metrics.webhook_events.labels(event_type, outcome).inc()
+
+
+def _log_fields(event: PaymentEvent | None) -> dict[str, str]:
+    """What one webhook's log line says about it: ids only, never the payload or signature."""
+    if event is None:
+        return {"event_id": "", "event_type": "", "session_id": "", "payment_id": ""}
+    return {
+        "event_id": event.event_id,
+        "event_type": event.type,
+        "session_id": event.stripe_session_id,
+        "payment_id": event.payment_id,
+    }

@@ -7,6 +7,7 @@ the debit is reversed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from billing.domain.errors import CoinsAlreadySpent, GatewayRejected
@@ -68,11 +69,7 @@ class RefundPayment:
     ) -> RefundResult | Refund:
         stored = replay(unit, RPC, command.user_id, command.request_id, fingerprint)
         if stored is not None:
-            return RefundResult(
-                status=PaymentStatus(str(stored["status"])),
-                coins_debited=int(str(stored["coins_debited"])),
-                new_balance=int(str(stored["new_balance"])),
-            )
+            return _result_of(stored)
         session = owned_session(unit, command.user_id, command.session_id)
         for earlier in unit.refunds.for_payment(session.payment_id):
             if earlier.request_id == command.request_id and earlier.status is not (
@@ -130,6 +127,9 @@ class RefundPayment:
         snapshot: RefundSnapshot,
         refund_key: str,
     ) -> RefundResult:
+        stored = replay(unit, RPC, command.user_id, command.request_id, fingerprint)
+        if stored is not None:  # a concurrent duplicate of this request finished first
+            return _result_of(stored)
         refund = unit.refunds.by_key(refund_key)
         assert refund is not None
         apply_refund_snapshot(unit, refund, snapshot.refund_id, snapshot.status, self.units)
@@ -153,6 +153,14 @@ class RefundPayment:
             unit, RPC, command.user_id, command.request_id, fingerprint, response, self.units.now()
         )
         return result
+
+
+def _result_of(stored: Mapping[str, object]) -> RefundResult:
+    return RefundResult(
+        status=PaymentStatus(str(stored["status"])),
+        coins_debited=int(str(stored["coins_debited"])),
+        new_balance=int(str(stored["new_balance"])),
+    )
 
 
 def refund_params(refund: Refund, reason: str) -> RefundParams:

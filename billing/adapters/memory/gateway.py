@@ -7,6 +7,7 @@ paid or expired, refunds keep Stripe's statuses. `outage` makes it unreachable f
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 from dataclasses import dataclass, replace
 
@@ -27,6 +28,7 @@ class InMemoryPaymentGateway:
     def __init__(self, base_url: str = "https://checkout.example.test/c/pay") -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)  # ids stay unique when gateways share a database
         self._base_url = base_url
         self.sessions: dict[str, _Session] = {}
         self.refunds: dict[str, tuple[RefundParams, RefundSnapshot]] = {}
@@ -44,7 +46,7 @@ class InMemoryPaymentGateway:
             replayed = self._replay(params.idempotency_key, params)
             if isinstance(replayed, CheckoutSnapshot):
                 return replayed
-            session_id = f"cs_test_{next(self._ids):06d}"
+            session_id = f"cs_test_{self._prefix}{next(self._ids):06d}"
             snapshot = CheckoutSnapshot(
                 session_id=session_id,
                 url=f"{self._base_url}/{session_id}",
@@ -80,7 +82,7 @@ class InMemoryPaymentGateway:
             if self.refuse_refunds:
                 raise GatewayRejected("Stripe refused the refund: charge already refunded")
             refund = RefundSnapshot(
-                refund_id=f"re_test_{next(self._ids):06d}",
+                refund_id=f"re_test_{self._prefix}{next(self._ids):06d}",
                 status="pending" if self.fail_refunds else "succeeded",
                 amount=params.amount,
             )

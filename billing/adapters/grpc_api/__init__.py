@@ -1,0 +1,1 @@
+"""gRPC edge: the BillingService servicer, the one error mapping, and the interceptors."""

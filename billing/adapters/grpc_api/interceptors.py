@@ -1,0 +1,212 @@
+"""Server interceptors for BillingService: bearer auth, and observation (log, metrics, errors).
+
+Only `/billing.v1.BillingService/` methods are intercepted: health and reflection pass untouched
+and need no token. `server_interceptors()` returns both in the order they must run; the
+observing one is outermost, so a refused call is logged, counted and mapped like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from billing.adapters.grpc_api.errors import CallRefused, internal_status, status_for
+from billing.adapters.metrics import Metrics
+from billing.domain.errors import BillingError
+
+SERVICE = "billing.v1.BillingService"
+_PREFIX = f"/{SERVICE}/"
+ANONYMOUS = "anonymous"
+
+log = logging.getLogger("billing.rpc")
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+@dataclass(slots=True)
+class CallState:
+    """What the edge learned about the current call, shared by the interceptors and servicer."""
+
+    rpc: str
+    caller: str = ANONYMOUS
+
+
+_current: ContextVar[CallState | None] = ContextVar("billing_rpc_call", default=None)
+
+
+def current_caller() -> str:
+    """The authenticated caller's name of the RPC running in this thread."""
+    state = _current.get()
+    return state.caller if state else ANONYMOUS
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A configured caller: its name, the digest of its token, the RPCs it may call."""
+
+    name: str
+    token_digest: bytes
+    rpcs: frozenset[str] | None  # None: every RPC
+
+    @classmethod
+    def of(cls, name: str, token: str, rpcs: frozenset[str] | None = None) -> Caller:
+        return cls(name, _digest(token), rpcs)
+
+
+def _digest(token: str) -> bytes:
+    # Equal-length digests: compare_digest's time depends on neither value nor length.
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Authenticator:
+    """Checks `authorization: Bearer <token>` against every configured token in constant time."""
+
+    def __init__(self, callers: Sequence[Caller]) -> None:
+        self._callers = tuple(callers)
+
+    def authenticate(self, rpc: str, metadata: Sequence[tuple[str, str | bytes]]) -> str:
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is None or (isinstance(header, str) and not header.strip()):
+            raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN",
+                              "missing bearer token: send `authorization: Bearer <token>`")
+        scheme, _, token = (header if isinstance(header, str) else "").strip().partition(" ")
+        presented = _digest(token.strip())
+        found: Caller | None = None
+        for caller in self._callers:  # no early exit: every token is compared
+            if hmac.compare_digest(presented, caller.token_digest) and found is None:
+                found = caller
+        if scheme.lower() != "bearer" or not token.strip() or found is None:
+            raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN",
+                              "invalid bearer token")
+        if found.rpcs is not None and rpc not in found.rpcs:
+            raise CallRefused(grpc.StatusCode.PERMISSION_DENIED, "RPC_NOT_ALLOWED",
+                              f"caller {found.name!r} may not call {rpc}")
+        return found.name
+
+
+class _BillingInterceptor(grpc.ServerInterceptor):
+    """Wraps the unary handlers of BillingService with `_wrap`; leaves everything else alone.
+
+    Handlers are registered once, so each method is wrapped once and the wrapper reused.
+    """
+
+    _wrapped: dict[str, grpc.RpcMethodHandler]
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(handler_call_details)
+        if handler is None or not method.startswith(_PREFIX) or handler.unary_unary is None:
+            return handler
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._wrap(method[len(_PREFIX):], handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = wrapped  # a race only wraps twice: both wrappers are equal
+        return wrapped
+
+    def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
+        raise NotImplementedError
+
+
+class AuthInterceptor(_BillingInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+        self._wrapped = {}
+
+    def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+            caller = self._authenticator.authenticate(rpc, context.invocation_metadata())
+            state = _current.get()
+            if state is not None:
+                state.caller = caller
+            return behavior(request, context)
+
+        return authenticated
+
+
+class ObservingInterceptor(_BillingInterceptor):
+    """One log line and two metrics per call; every exception mapped once to a rich status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._wrapped = {}
+
+    def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
+        calls = self._metrics.rpcs
+        latency = self._metrics.rpc_latency.labels(rpc)
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            state = CallState(rpc)
+            token = _current.set(state)
+            started = time.perf_counter()
+            response: Any = None
+            status: grpc.Status | None = None
+            reason, failure = "", False
+            try:
+                response = behavior(request, context)
+            except CallRefused as refused:
+                status, reason = refused.status, refused.reason
+            except BillingError as error:
+                status, reason = status_for(error), error.reason
+            except Exception:
+                status, reason, failure = internal_status(), "INTERNAL", True
+            finally:
+                _current.reset(token)
+            elapsed = time.perf_counter() - started
+            code = status.code if status is not None else grpc.StatusCode.OK
+            if status is None and not context.is_active():
+                code = grpc.StatusCode.CANCELLED  # the caller left (deadline, cancel)
+            calls.labels(rpc, code.name).inc()
+            latency.observe(elapsed)
+            fields = _call_fields(rpc, request, state.caller, code, elapsed)
+            if reason:
+                fields["reason"] = reason
+            level = logging.ERROR if failure else logging.INFO
+            log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
+            if status is not None:
+                context.abort_with_status(status)  # raises: ends the call with `status`
+            return response
+
+        return observed
+
+
+def _call_fields(
+    rpc: str, request: Any, caller: str, code: grpc.StatusCode, elapsed: float
+) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "method": rpc,
+        "code": code.name,
+        "duration_ms": round(elapsed * 1000, 3),
+        "caller": caller,
+    }
+    for name in ("user_id", "request_id", "idempotency_key", "session_id"):
+        value = getattr(request, name, "")
+        if value:
+            fields[name] = value[:128]
+    return fields
+
+
+def server_interceptors(
+    metrics: Metrics, callers: Sequence[Caller]
+) -> list[grpc.ServerInterceptor]:
+    """The interceptors, outermost first; no callers means auth is off."""
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    if callers:
+        interceptors.append(AuthInterceptor(Authenticator(callers)))
+    return interceptors

@@ -1,0 +1,214 @@
+"""The composition root: configuration -> adapters -> use cases -> edges.
+
+The only module that knows which adapter serves which port. Nothing is built at import time:
+each provider runs when first asked for, and the adapters of a technology are imported inside
+their provider, so a deployment that does not select a piece never imports it. Tests swap a
+provider with `with container.store.override(...)` instead of patching modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from dependency_injector import containers, providers
+
+from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
+from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases
+from billing.adapters.metrics import Metrics
+from billing.adapters.notifier import LoggingNotifier
+from billing.adapters.system_clock import SystemClock
+from billing.domain.catalog import Catalog, default_catalog
+from billing.settings import Settings, SettingsError
+from billing.use_cases._unit import UnitRunner
+from billing.use_cases.apply_payment_event import ApplyPaymentEvent
+from billing.use_cases.cancel_checkout import CancelCheckout
+from billing.use_cases.create_checkout import CreateCheckout
+from billing.use_cases.get_balance import GetBalance
+from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.list_coin_packages import ListCoinPackages
+from billing.use_cases.list_transactions import ListTransactions
+from billing.use_cases.refund_payment import RefundPayment
+from billing.use_cases.spend_coins import GrantCoins, SpendCoins
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiohttp import web
+
+    from billing.adapters.sql import SqlStore
+    from billing.adapters.stripe_gateway import StripePaymentGateway
+
+
+class StartupError(Exception):
+    """The service cannot start as configured; the message says why and what to do."""
+
+
+# -- provider functions: each imports its technology only when called ---------------------------
+def load_catalog(settings: Settings) -> Catalog:
+    if settings.catalog_path is None:
+        return default_catalog()
+    from billing.domain.errors import CatalogError
+
+    try:
+        return Catalog.from_toml(settings.catalog_path.read_text(encoding="utf-8"))
+    except (CatalogError, OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"BILLING_CATALOG: {error}") from None
+
+
+def build_sql_store(settings: Settings) -> SqlStore:
+    from billing.adapters.sql import SqlStore
+
+    return SqlStore(settings.database_url)
+
+
+def prepare_database(settings: Settings, store: SqlStore) -> None:
+    """SQLite (the embedded default) is migrated in place; any other database must already be
+    at the head revision, else SchemaError says to run `billing migrate`."""
+    if settings.is_sqlite:
+        migrate_database(settings)
+        return
+    from billing.adapters.sql import SchemaError
+    from billing.domain.errors import StoreUnavailable
+
+    try:
+        store.check_schema()
+    except (SchemaError, StoreUnavailable) as error:
+        raise StartupError(str(error)) from None
+
+
+def migrate_database(settings: Settings) -> None:
+    from billing.adapters.sql import migrate
+
+    if settings.is_sqlite:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(settings.database_url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+
+
+def build_stripe_gateway(settings: Settings) -> StripePaymentGateway:
+    from billing.adapters.stripe_gateway import StripePaymentGateway
+
+    return StripePaymentGateway(
+        settings.stripe_key.reveal(), api_base=settings.effective_stripe_api_base
+    )
+
+
+def build_fake_stripe_config(settings: Settings) -> Any:
+    from billing.adapters.stripe_fake import FakeStripeConfig
+
+    public_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    if ":" in public_host:
+        public_host = f"[{public_host}]"
+    return FakeStripeConfig(
+        state_path=str(settings.fake_stripe_state),
+        webhook_url=settings.effective_fake_webhook_url,
+        webhook_secret=settings.stripe_webhook_secrets[0].reveal(),
+        drop_rate=settings.fake_stripe_drop_rate,
+        public_url=f"http://{public_host}:{settings.fake_stripe_port}",
+    )
+
+
+def build_public_app(
+    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics
+) -> web.Application:
+    from billing.adapters.webhook import create_public_app
+
+    secrets = [secret.reveal() for secret in settings.stripe_webhook_secrets]
+    app: web.Application = create_public_app(apply_event, secrets, metrics)
+    return app
+
+
+def build_admin_app(ready: Callable[[], bool], metrics: Metrics) -> web.Application:
+    from billing.adapters.webhook import create_admin_app
+
+    app: web.Application = create_admin_app(ready, metrics)
+    return app
+
+
+def callers_of(settings: Settings) -> list[Caller]:
+    return [Caller.of(t.name, t.token.reveal(), t.rpcs) for t in settings.api_tokens]
+
+
+def build_grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from BILLING_TLS_CERT/_KEY; mutual TLS when BILLING_TLS_CLIENT_CA is set too."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+class Container(containers.DeclarativeContainer):
+    # -- Configuration ------------------------------------------------------------------------
+    settings = providers.Singleton(Settings.from_env)
+
+    # -- Observability ------------------------------------------------------------------------
+    metrics = providers.Singleton(Metrics)
+    notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
+    clock = providers.Singleton(SystemClock)
+
+    # -- Storage ------------------------------------------------------------------------------
+    store = providers.Singleton(build_sql_store, settings)
+    prepare_store = providers.Callable(prepare_database, settings, store)
+    units = providers.Singleton(UnitRunner, uow=store, clock=clock, notifier=notifier)
+
+    # -- Payment provider ---------------------------------------------------------------------
+    catalog = providers.Singleton(load_catalog, settings)
+    gateway = providers.Singleton(build_stripe_gateway, settings)
+    fake_stripe_config = providers.Singleton(build_fake_stripe_config, settings)
+
+    # -- Use cases ----------------------------------------------------------------------------
+    list_coin_packages = providers.Singleton(ListCoinPackages, catalog)
+    create_checkout = providers.Singleton(CreateCheckout, units, gateway, catalog)
+    get_payment_status = providers.Singleton(GetPaymentStatus, units)
+    cancel_checkout = providers.Singleton(CancelCheckout, units, gateway)
+    refund_payment = providers.Singleton(RefundPayment, units, gateway)
+    get_balance = providers.Singleton(GetBalance, units)
+    spend_coins = providers.Singleton(
+        SpendCoins, units, settings.provided.max_coins
+    )
+    grant_coins = providers.Singleton(
+        GrantCoins, units, settings.provided.max_coins
+    )
+    list_transactions = providers.Singleton(ListTransactions, units)
+    apply_payment_event = providers.Singleton(ApplyPaymentEvent, units)
+
+    # -- gRPC edge ----------------------------------------------------------------------------
+    servicer = providers.Singleton(
+        BillingServicer,
+        providers.Singleton(
+            BillingUseCases,
+            list_coin_packages=list_coin_packages,
+            create_checkout=create_checkout,
+            get_payment_status=get_payment_status,
+            cancel_checkout=cancel_checkout,
+            refund_payment=refund_payment,
+            get_balance=get_balance,
+            spend_coins=spend_coins,
+            grant_coins=grant_coins,
+            list_transactions=list_transactions,
+        ),
+    )
+    api_callers = providers.Singleton(callers_of, settings)
+    interceptors = providers.Singleton(server_interceptors, metrics, api_callers)
+    grpc_credentials = providers.Singleton(build_grpc_credentials, settings)
+
+    # -- HTTP edge (the admin app is given its readiness probe by the server) ----------------
+    public_app = providers.Factory(build_public_app, apply_payment_event, settings, metrics)
+    admin_app = providers.Factory(build_admin_app, metrics=metrics)
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    """A container for `settings` (default: read from the environment when first needed)."""
+    container = Container()
+    if settings is not None:
+        container.settings.override(providers.Object(settings))
+    return container

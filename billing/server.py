@@ -1,0 +1,237 @@
+"""`billing serve`: the gRPC server, the public and admin HTTP apps and, in fake mode, the fake
+Stripe, in one asyncio process.
+
+The gRPC server is a thread-pool server started next to the event loop; the aiohttp apps run on
+the loop. SIGTERM/SIGINT: health turns NOT_SERVING, every listener stops accepting, in-flight
+calls get BILLING_SHUTDOWN_GRACE_S to finish, the database pool is closed, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from billing.adapters.grpc_api.server import GrpcEndpoint, create_grpc_server
+from billing.container import Container, StartupError
+from billing.settings import Settings, SettingsError, check_startup_safety
+
+log = logging.getLogger("billing.server")
+
+HEALTH_INTERVAL_S = 1.0
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class BillingServer:
+    """One run of the service. `run()` returns the exit code; `request_stop()` is thread-safe."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grpc: GrpcEndpoint | None = None
+        self._runners: list[tuple[str, web.BaseRunner]] = []
+        self._store: Any = None  # built by _start; disposed on the way out
+        self._store_ok = True
+        self.started = threading.Event()  # set once every listener accepts connections
+        self.stopped = threading.Event()
+
+    # -- control ---------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    @property
+    def grpc_port(self) -> int:
+        assert self._grpc is not None, "the server has not started"
+        return self._grpc.port
+
+    def ready(self) -> bool:
+        """Readiness for /readyz: the database answered the last probe (cheap, never blocks)."""
+        return self._store_ok
+
+    # -- the run ---------------------------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = True) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            try:
+                await self._start()
+            except (StartupError, SettingsError) as error:
+                log.error("billing cannot start: %s", error)
+                await self._shutdown(grace=0)
+                return EXIT_CONFIG if isinstance(error, SettingsError) else EXIT_START_FAILED
+            except Exception:
+                log.exception("billing cannot start: unexpected error")
+                await self._shutdown(grace=0)
+                return EXIT_START_FAILED
+            self.started.set()
+            watcher = asyncio.create_task(self._watch_store(), name="store-health")
+            await self._stop.wait()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self._shutdown(grace=self._settings.shutdown_grace_s)
+            return EXIT_OK
+        finally:
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(signum)
+            self.stopped.set()
+
+    @property
+    def _settings(self) -> Settings:
+        settings: Settings = self._container.settings()
+        return settings
+
+    def _on_signal(self, signum: int) -> None:
+        assert self._stop is not None
+        if not self._stop.is_set():
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+        self._stop.set()
+
+    async def _start(self) -> None:
+        container, settings = self._container, self._settings
+        for warning in check_startup_safety(settings):
+            log.warning(warning)
+        loop = asyncio.get_running_loop()
+        self._store = container.store()
+        await loop.run_in_executor(None, container.prepare_store)
+        self._store_ok = await loop.run_in_executor(None, self._ping)
+        if not self._store_ok:
+            log.warning("the database does not answer: serving NOT_SERVING until it does")
+        # Build everything first, so a configuration error leaves no port half-open.
+        servicer, interceptors = container.servicer(), container.interceptors()
+        public_app = container.public_app()
+        admin_app = container.admin_app(ready=self.ready)
+        try:
+            self._grpc = create_grpc_server(
+                servicer, interceptors, container.grpc_credentials(), settings.host,
+                settings.grpc_port,
+            )
+        except RuntimeError as error:
+            raise StartupError(str(error)) from None
+        self._grpc.set_serving(self._store_ok)
+        self._grpc.server.start()
+        grpc_mode = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_enabled \
+            else "plaintext"
+        log.info("gRPC listening on %s (%s)", _address(settings.host, self._grpc.port), grpc_mode,
+                 extra={"port": self._grpc.port})
+        await self._serve_app("public", public_app, settings.host, settings.http_port)
+        log.info("webhook listening on http://%s/api/payment/webhook (and /healthz)",
+                 _address(settings.host, settings.http_port), extra={"port": settings.http_port})
+        await self._serve_app("admin", admin_app, settings.host, settings.admin_port)
+        log.info("admin listening on http://%s (/readyz, /metrics)",
+                 _address(settings.host, settings.admin_port), extra={"port": settings.admin_port})
+        if settings.runs_fake_in_process:
+            await self._start_fake_stripe(settings)
+        log.info(
+            "billing listening: gRPC %s, HTTP %s, admin %s (database %s, %s)",
+            settings.grpc_port, settings.http_port, settings.admin_port,
+            settings.database_url_redacted,
+            f"fake Stripe at {settings.effective_stripe_api_base}" if settings.fake_mode else
+            ("Stripe LIVE mode" if settings.live_mode else "Stripe test mode"),
+        )
+
+    async def _serve_app(self, name: str, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(app, shutdown_timeout=self._settings.shutdown_grace_s)
+        await runner.setup()
+        self._runners.append((name, runner))
+        await self._bind(name, web.TCPSite(runner, host, port, reuse_port=False).start(), port)
+
+    async def _start_fake_stripe(self, settings: Settings) -> None:
+        from billing.adapters.stripe_fake import run_fake
+
+        config = self._container.fake_stripe_config()
+        settings.fake_stripe_state.parent.mkdir(parents=True, exist_ok=True)
+        runner: web.BaseRunner = await self._bind(
+            "fake Stripe", run_fake(config, settings.host, settings.fake_stripe_port),
+            settings.fake_stripe_port,
+        )
+        self._runners.append(("fake Stripe", runner))
+        log.info(
+            "fake Stripe listening on %s (state %s), sending webhooks to %s",
+            settings.fake_stripe_url, settings.fake_stripe_state,
+            settings.effective_fake_webhook_url, extra={"port": settings.fake_stripe_port},
+        )
+
+    @staticmethod
+    async def _bind(name: str, starting: Awaitable[Any], port: int) -> Any:
+        try:
+            return await starting
+        except OSError as error:
+            raise StartupError(f"cannot listen for {name} on port {port}: {error.strerror}") \
+                from None
+
+    # -- health ----------------------------------------------------------------------------------
+    def _ping(self) -> bool:
+        ping: Callable[[], bool] | None = getattr(self._store, "ping", None)
+        try:
+            return bool(ping()) if ping is not None else True
+        except Exception:
+            log.exception("database probe failed")
+            return False
+
+    async def _watch_store(self) -> None:
+        """Health follows the database: NOT_SERVING while it does not answer."""
+        loop = asyncio.get_running_loop()
+        metrics = self._container.metrics()
+        in_use: Callable[[], int] | None = getattr(self._store, "pool_in_use", None)
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            ok = await loop.run_in_executor(None, self._ping)
+            if ok != self._store_ok:
+                if ok:
+                    log.info("the database answers again: SERVING")
+                else:
+                    log.warning("the database does not answer: NOT_SERVING")
+                self._store_ok = ok
+                if self._grpc is not None:
+                    self._grpc.set_serving(ok)
+            if in_use is not None:
+                with contextlib.suppress(Exception):
+                    metrics.db_pool_in_use.set(in_use())
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def _shutdown(self, grace: float) -> None:
+        """Stop accepting everywhere at once, let in-flight work finish within `grace`."""
+        loop = asyncio.get_running_loop()
+        stopping: list[Awaitable[Any]] = []
+        if self._grpc is not None:
+            stopping.append(loop.run_in_executor(None, self._grpc.stop, grace))
+        # The fake Stripe (last started) stops first, so it sends nothing to a closed webhook.
+        fake = [runner for name, runner in self._runners if name == "fake Stripe"]
+        for runner in fake:
+            await runner.cleanup()
+        stopping.extend(runner.cleanup() for name, runner in self._runners if runner not in fake)
+        results = await asyncio.gather(*stopping, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("error while stopping: %s", result)
+        self._runners.clear()
+        dispose = getattr(self._store, "dispose", None)
+        if dispose is not None:
+            await loop.run_in_executor(None, dispose)
+        log.info("billing stopped")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(container: Container) -> int:
+    """Run until SIGTERM/SIGINT; the exit code of `billing serve`."""
+    server = BillingServer(container)
+    return asyncio.run(server.run())

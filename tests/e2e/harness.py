@@ -1,0 +1,238 @@
+"""Start the service as `billing serve` does, on free ports, and talk to it.
+
+`start_service()` builds the same container and runs the same `BillingServer` as the CLI, in a
+thread with its own event loop (so a test can reach into the container and its in-memory
+gateway), on SQLite in a temporary directory. Nothing waits by sleeping: every wait polls a
+condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from dependency_injector import providers
+
+from billing.adapters.grpc_api.errors import error_info
+from billing.adapters.memory import InMemoryPaymentGateway
+from billing.container import Container, build_container
+from billing.ports import CheckoutParams, CheckoutSnapshot
+from billing.server import BillingServer
+from billing.settings import Settings, parse
+from billing.v1 import billing_pb2 as pb
+from billing.v1 import billing_pb2_grpc
+
+T = TypeVar("T")
+
+START_TIMEOUT_S = 15.0
+ADMIN_TOKEN = "admin-token-0123456789"
+SHOP_TOKEN = "shop-token-0123456789"
+SHOP_RPCS = ("GetBalance", "SpendCoins", "CreateCheckoutSession", "GetPaymentStatus")
+API_TOKENS = f"admin:{ADMIN_TOKEN},shop:{SHOP_TOKEN}:{'+'.join(SHOP_RPCS)}"
+SUCCESS_URL = "https://game.example/paid?session={CHECKOUT_SESSION_ID}"
+CANCEL_URL = "https://game.example/cancelled"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+def service_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """Variables for a service on free ports with its state under `tmp_path`."""
+    env = {
+        "BILLING_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'billing.db'}",
+        "BILLING_GRPC_PORT": str(free_port()),
+        "BILLING_HTTP_PORT": str(free_port()),
+        "BILLING_ADMIN_PORT": str(free_port()),
+        "BILLING_FAKE_STRIPE_PORT": str(free_port()),
+        "BILLING_FAKE_STRIPE_STATE": str(tmp_path / "var" / "stripe-fake.db"),
+        "BILLING_SHUTDOWN_GRACE_S": "5",
+    }
+    env.update(overrides)
+    return env
+
+
+class ControllableGateway(InMemoryPaymentGateway):
+    """The in-memory Stripe, able to be slow or to break like a bug would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delay_s = 0.0
+        self.crash: Exception | None = None
+        self.entered = threading.Event()
+
+    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+        self.entered.set()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.crash is not None:
+            raise self.crash
+        return super().create_checkout(params)
+
+
+@dataclass
+class RunningService:
+    settings: Settings
+    container: Container
+    server: BillingServer
+    thread: threading.Thread
+    outcome: dict[str, Any]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    @property
+    def admin_base(self) -> str:
+        return f"http://127.0.0.1:{self.settings.admin_port}"
+
+    @contextmanager
+    def stub(
+        self, credentials: grpc.ChannelCredentials | None = None, target: str | None = None
+    ) -> Iterator[Any]:
+        target = target or self.grpc_target
+        channel = (grpc.secure_channel(target, credentials) if credentials is not None
+                   else grpc.insecure_channel(target))
+        with channel:
+            yield billing_pb2_grpc.BillingServiceStub(channel)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.server.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the server did not stop in time"
+        code: int = self.outcome["code"]
+        return code
+
+
+def start_service(
+    env: Mapping[str, str],
+    *,
+    gateway: InMemoryPaymentGateway | None = None,
+    configure: Callable[[Container], object] | None = None,
+) -> RunningService:
+    """Run the service; with `gateway`, that in-memory Stripe replaces the real SDK."""
+    settings = parse(env)
+    container = build_container(settings)
+    if gateway is not None:
+        container.gateway.override(providers.Object(gateway))
+    if configure is not None:
+        configure(container)
+    server = BillingServer(container)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["code"] = asyncio.run(server.run(handle_signals=False))
+        except BaseException as error:  # surfaced by the waiting test
+            outcome["error"] = error
+            outcome["code"] = -1
+
+    thread = threading.Thread(target=run, name="billing-serve", daemon=True)
+    thread.start()
+    wait_for(lambda: server.started.is_set() or not thread.is_alive(), START_TIMEOUT_S,
+             "the service to start")
+    if not server.started.is_set():
+        raise AssertionError(f"the service did not start: {outcome}")
+    return RunningService(settings, container, server, thread, outcome)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def reason_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """(code, ErrorInfo reason, ErrorInfo metadata) of a failed call; asserts one ErrorInfo."""
+    info = error_info(error)
+    assert info is not None, f"no ErrorInfo in {error}"
+    assert info.domain == "billing.v1"
+    assert isinstance(error, grpc.Call)
+    return error.code(), info.reason, dict(info.metadata)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def http_post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float = 5.0
+) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def signed_checkout_completed(
+    secret: str, session: CheckoutSnapshot, *, event_id: str
+) -> tuple[bytes, dict[str, str]]:
+    """A `checkout.session.completed` (paid) event as Stripe would sign and send it."""
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "data": {"object": {
+            "object": "checkout.session",
+            "id": session.session_id,
+            "payment_status": "paid",
+            "status": "complete",
+            "payment_intent": session.payment_intent_id,
+            "amount_total": session.amount.amount_minor,
+            "currency": session.amount.currency.lower(),
+            "metadata": {"payment_id": session.payment_id},
+        }},
+    }
+    body = json.dumps(event).encode()
+    timestamp = int(time.time())
+    signature = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    headers = {"Content-Type": "application/json",
+               "Stripe-Signature": f"t={timestamp},v1={signature.hexdigest()}"}
+    return body, headers
+
+
+def create_request(user_id: str, package_id: str = "coins_500", **fields: str) -> Any:
+    values = {"user_id": user_id, "package_id": package_id, "success_url": SUCCESS_URL,
+              "cancel_url": CANCEL_URL, "request_id": f"req-{user_id}"}
+    values.update(fields)
+    return pb.CreateCheckoutSessionRequest(**values)

@@ -11,8 +11,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from billing.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from billing.container import Container
 
 log = logging.getLogger("billing.cli")
 
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = events_commands.add_parser("list", help="recent inbox events")
     listing.add_argument("--failed", action="store_true",
                          help="only unmatched, rejected and parked events")
+    listing.add_argument("--limit", type=int, default=100, help="newest N (default 100)")
     replay = events_commands.add_parser("replay", help="re-apply one stored event")
     replay.add_argument("event_id", metavar="EVENT_ID")
 
@@ -82,15 +87,15 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 def _command(args: argparse.Namespace) -> Command:
     if args.command == "events":
-        return _not_implemented(f"events {args.events_command}")
+        return _events_list if args.events_command == "list" else _events_replay
     if args.command == "stripe-fake":
         return _fake_serve if args.fake_command == "serve" else _fake_action
     commands: dict[str, Command] = {
         "serve": _serve,
         "migrate": _migrate,
         "trigger": _trigger,
-        "reconcile": _not_implemented("reconcile"),
-        "audit": _not_implemented("audit"),
+        "reconcile": _reconcile,
+        "audit": _audit,
     }
     return commands[args.command]
 
@@ -110,13 +115,67 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_implemented(name: str) -> Command:
-    # Reconciliation, audit and the events commands come with the operations work (issue 6).
-    def command(settings: Settings, args: argparse.Namespace) -> int:
-        print(f"billing {name}: not implemented yet", file=sys.stderr)
-        return EXIT_USAGE
+def _with_store(settings: Settings, work: Callable[[Container], int]) -> int:
+    """Run an operations command against the configured database (migrated, or refused)."""
+    from billing.container import StartupError, build_container
+    from billing.domain.errors import BillingError
 
-    return command
+    container = build_container(settings)
+    try:
+        container.prepare_store()
+        return work(container)
+    except (StartupError, BillingError) as error:
+        print(f"billing: {error}", file=sys.stderr)
+        return 1
+    finally:
+        container.store().dispose()
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    def run(container: Container) -> int:
+        report = container.reconcile()()
+        print(json.dumps({"fixes": dict(report.fixes), "errors": report.errors}, indent=2))
+        return 1 if report.errors else 0
+
+    return _with_store(settings, run)
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    def run(container: Container) -> int:
+        report = container.audit()()
+        print(f"audited {report.accounts} accounts, {report.ledger_rows} ledger rows, "
+              f"{report.sessions} payment sessions")
+        if report.ok:
+            print("OK: every invariant holds")
+            return 0
+        print(f"{len(report.violations)} VIOLATION(S):")
+        for violation in report.violations:
+            print(f"  - {violation}")
+        return 1
+
+    return _with_store(settings, run)
+
+
+def _events_list(settings: Settings, args: argparse.Namespace) -> int:
+    def run(container: Container) -> int:
+        rows = container.list_inbox_events()(failed_only=args.failed, limit=args.limit)
+        print(f"{'EVENT':<32} {'TYPE':<42} {'OUTCOME':<10} {'TRIES':>5}  RECEIVED  ERROR")
+        for row in rows:
+            print(f"{row.event_id:<32} {row.type:<42} {row.outcome.value:<10} "
+                  f"{row.attempts:>5}  {row.received_at:%Y-%m-%d %H:%M:%S}  {row.error}")
+        return 0
+
+    return _with_store(settings, run)
+
+
+def _events_replay(settings: Settings, args: argparse.Namespace) -> int:
+    def run(container: Container) -> int:
+        result = container.replay_inbox_event()(args.event_id)
+        print(json.dumps({"event_id": args.event_id, "outcome": result.outcome.value,
+                          "error": result.error}))
+        return 0
+
+    return _with_store(settings, run)
 
 
 def _fake_api_base(settings: Settings) -> str:

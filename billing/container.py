@@ -8,6 +8,7 @@ provider with `with container.store.override(...)` instead of patching modules.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,15 @@ from billing.domain.catalog import Catalog, default_catalog
 from billing.settings import Settings, SettingsError
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent
+from billing.use_cases.audit import Audit
 from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import CreateCheckout
 from billing.use_cases.get_balance import GetBalance
 from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.inbox_events import ListInboxEvents, ReplayInboxEvent
 from billing.use_cases.list_coin_packages import ListCoinPackages
 from billing.use_cases.list_transactions import ListTransactions
+from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundPayment
 from billing.use_cases.spend_coins import GrantCoins, SpendCoins
 
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from billing.adapters.sql import SqlStore
-    from billing.adapters.stripe_gateway import StripePaymentGateway
+    from billing.adapters.stripe_gateway import StripeEventParser, StripePaymentGateway
 
 
 class StartupError(Exception):
@@ -96,6 +100,16 @@ def build_stripe_gateway(settings: Settings) -> StripePaymentGateway:
     return StripePaymentGateway(
         settings.stripe_key.reveal(), api_base=settings.effective_stripe_api_base
     )
+
+
+def build_event_parser() -> StripeEventParser:
+    from billing.adapters.stripe_gateway import StripeEventParser
+
+    return StripeEventParser()
+
+
+def reconcile_age(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.reconcile_after_s)
 
 
 def build_fake_stripe_config(settings: Settings) -> Any:
@@ -164,6 +178,7 @@ class Container(containers.DeclarativeContainer):
     catalog = providers.Singleton(load_catalog, settings)
     gateway = providers.Singleton(build_stripe_gateway, settings)
     fake_stripe_config = providers.Singleton(build_fake_stripe_config, settings)
+    event_parser = providers.Singleton(build_event_parser)
 
     # -- Use cases ----------------------------------------------------------------------------
     list_coin_packages = providers.Singleton(ListCoinPackages, catalog)
@@ -179,7 +194,18 @@ class Container(containers.DeclarativeContainer):
         GrantCoins, units, settings.provided.max_coins
     )
     list_transactions = providers.Singleton(ListTransactions, units)
-    apply_payment_event = providers.Singleton(ApplyPaymentEvent, units)
+    apply_payment_event = providers.Singleton(
+        ApplyPaymentEvent, units, settings.provided.event_max_attempts
+    )
+    reconcile = providers.Singleton(
+        Reconcile, units, gateway, event_parser, apply_payment_event,
+        providers.Callable(reconcile_age, settings),
+    )
+    audit = providers.Singleton(Audit, units)
+    list_inbox_events = providers.Singleton(ListInboxEvents, units)
+    replay_inbox_event = providers.Singleton(
+        ReplayInboxEvent, units, event_parser, apply_payment_event
+    )
 
     # -- gRPC edge ----------------------------------------------------------------------------
     servicer = providers.Singleton(

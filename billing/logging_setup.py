@@ -92,5 +92,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiohttp's access log repeats what our own lines say; keep its errors only.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request
+    # and Alembic every migration step: keep their warnings and errors only.
+    for noisy in ("aiohttp.access", "alembic", "stripe"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

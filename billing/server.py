@@ -78,11 +78,16 @@ class BillingServer:
                 await self._shutdown(grace=0)
                 return EXIT_START_FAILED
             self.started.set()
-            watcher = asyncio.create_task(self._watch_store(), name="store-health")
+            background = [
+                asyncio.create_task(self._watch_store(), name="store-health"),
+                asyncio.create_task(self._reconcile_forever(), name="reconcile"),
+            ]
             await self._stop.wait()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._shutdown(grace=self._settings.shutdown_grace_s)
             return EXIT_OK
         finally:
@@ -203,6 +208,33 @@ class BillingServer:
             if in_use is not None:
                 with contextlib.suppress(Exception):
                     metrics.db_pool_in_use.set(in_use())
+
+    # -- reconciliation ------------------------------------------------------------------------
+    async def _reconcile_forever(self) -> None:
+        """A reconciliation pass every BILLING_RECONCILE_INTERVAL_S (safe on every replica)."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.reconcile_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(None, self._reconcile_once)
+            except Exception:
+                log.exception("reconciliation pass failed")
+
+    def _reconcile_once(self) -> None:
+        from billing.domain.payment_events import InboxOutcome
+
+        container = self._container
+        metrics = container.metrics()
+        report = container.reconcile()()
+        metrics.reconcile_runs.inc()
+        for kind, count in report.fixes.items():
+            metrics.reconcile_fixes.labels(kind).inc(count)
+        if report.total or report.errors:
+            log.info("reconciliation pass", extra={"fixes": dict(report.fixes),
+                                                    "errors": report.errors})
+        failed = container.list_inbox_events()(failed_only=True, limit=1000)
+        metrics.parked_events.set(sum(e.outcome is InboxOutcome.PARKED for e in failed))
 
     # -- shutdown --------------------------------------------------------------------------------
     async def _shutdown(self, grace: float) -> None:

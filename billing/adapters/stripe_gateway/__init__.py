@@ -2,5 +2,6 @@
 
 from billing.adapters.stripe_gateway.events import translate_event
 from billing.adapters.stripe_gateway.gateway import StripePaymentGateway
+from billing.adapters.stripe_gateway.parser import StripeEventParser
 
-__all__ = ["StripePaymentGateway", "translate_event"]
+__all__ = ["StripeEventParser", "StripePaymentGateway", "translate_event"]

@@ -26,6 +26,7 @@ from typing import Any, Self
 import grpc
 
 from billing.adapters.grpc_api.errors import error_info
+from billing.domain.catalog import CoinPackage
 from billing.domain.ledger import TransactionType
 from billing.domain.money import Money
 from billing.domain.payment import PaymentStatus
@@ -49,15 +50,6 @@ _RETRY_POLICY = {
 
 
 # -- results -------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class CoinPackage:
-    id: str
-    coins: int
-    bonus: int
-    price: Money
-    display_name: str
-
-
 @dataclass(frozen=True, slots=True)
 class CheckoutSession:
     session_id: str

@@ -36,8 +36,14 @@ lint: $(STAMP)
 	echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
 	exit $$status
 
+# Benchmarks against same-run local limits (issue 7); never part of `make test`. Needs the local
+# Postgres (127.0.0.1:5432, user postgres), pgbench, and wrk (installed here when missing).
 bench: $(STAMP)
-	@if [ -d bench ]; then $(PY) -m bench; else echo "no benchmarks yet"; fi
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
+	@command -v pgbench >/dev/null 2>&1 || test -x /usr/bin/pgbench \
+		|| { echo "bench: pgbench is missing (apt-get install postgresql-client)"; exit 1; }
+	$(PY) -m bench
 
 clean:
 	rm -rf build dist *.egg-info .coverage .coverage.* htmlcov \

@@ -1,0 +1,235 @@
+"""`billing serve` as a subprocess on a throwaway, migrated Postgres database, in fake-Stripe mode,
+on free loopback ports, with logs at WARNING and reconciliation out of the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import psycopg2
+
+from bench import util, wrk
+
+READY_TIMEOUT_S = 30.0
+TOKEN_NAME = "bench"
+
+
+class Service:
+    def __init__(self, database: str, *, log_path: Path | None = None) -> None:
+        self.database = database
+        self.token = secrets.token_urlsafe(24)
+        self.grpc_port, self.http_port = util.free_port(), util.free_port()
+        self.admin_port, self.fake_port = util.free_port(), util.free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-serve-")
+        self.log_path = log_path or Path(self._dir.name) / "serve.log"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("BILLING_", "STRIPE_"))}
+        env.update({
+            "BILLING_DATABASE_URL": util.sqlalchemy_url(database),
+            "BILLING_HOST": util.HOST,
+            "BILLING_GRPC_PORT": str(self.grpc_port),
+            "BILLING_HTTP_PORT": str(self.http_port),
+            "BILLING_ADMIN_PORT": str(self.admin_port),
+            "BILLING_FAKE_STRIPE_PORT": str(self.fake_port),
+            "BILLING_FAKE_STRIPE_STATE": str(Path(self._dir.name) / "stripe-fake.db"),
+            "BILLING_API_TOKENS": f"{TOKEN_NAME}:{self.token}",
+            "BILLING_LOG_LEVEL": "WARNING",
+            "BILLING_RECONCILE_INTERVAL_S": "86400",
+            "BILLING_RECONCILE_AFTER_S": "86400",
+            "BILLING_SHUTDOWN_GRACE_S": "2",
+            "STRIPE_WEBHOOK_SECRET": wrk.SECRET,
+        })
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{util.HOST}:{self.grpc_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://{util.HOST}:{self.http_port}{wrk.PATH}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> float:
+        """Launch `billing serve` (its working directory holds no .env) and return the seconds
+        until gRPC health is SERVING, /healthz and /readyz answer 200."""
+        assert self.proc is None
+        self._log = self.log_path.open("ab")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [util.PYTHON, "-m", "billing", "serve"], cwd=self._dir.name, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready(started)
+        return time.monotonic() - started
+
+    def _wait_ready(self, started: float) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        assert self.proc is not None
+        pending = {"grpc", "healthz", "readyz"}
+        channel = grpc.insecure_channel(self.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            while pending:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"billing serve exited with {self.proc.returncode}:\n"
+                                       f"{self.tail()}")
+                if time.monotonic() - started > READY_TIMEOUT_S:
+                    raise TimeoutError(f"billing serve not ready after {READY_TIMEOUT_S} s "
+                                       f"(waiting for {sorted(pending)}):\n{self.tail()}")
+                if "grpc" in pending:
+                    with contextlib.suppress(grpc.RpcError):
+                        answer = health.Check(health_pb2.HealthCheckRequest(service=""),
+                                              timeout=0.25)
+                        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                            pending.discard("grpc")
+                for name, port in (("healthz", self.http_port), ("readyz", self.admin_port)):
+                    if name in pending and _http_ok(f"http://{util.HOST}:{port}/{name}"):
+                        pending.discard(name)
+                if pending:
+                    time.sleep(0.01)
+        finally:
+            channel.close()
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        code = util.stop(self.proc, timeout_s=20)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+        return code
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def alive(self) -> None:
+        """Raise, with the end of its log, if `billing serve` is gone."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"billing serve (pid {self.proc.pid}) exited with"
+                               f" {self.proc.returncode} during the run; its log ends:\n"
+                               f"{self.tail()}")
+
+    def rss_mb(self) -> float:
+        self.alive()
+        return util.rss_mb(self.pid)
+
+    # -- data --------------------------------------------------------------------------------
+    def first_package(self) -> str:
+        import grpc
+
+        from billing.v1 import billing_pb2, billing_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            stub = billing_pb2_grpc.BillingServiceStub(channel)
+            answer = stub.ListCoinPackages(
+                billing_pb2.ListCoinPackagesRequest(), timeout=10,
+                metadata=(("authorization", f"Bearer {self.token}"),))
+        return answer.packages[0].id
+
+    def pending_sessions(self, request_prefix: str = "") -> list[tuple[str, str, int, str, str]]:
+        """(cs_ id, payment id, amount, currency, user) of every PENDING session with a cs_ id
+        (and a request id starting with `request_prefix`), oldest first."""
+        connection = psycopg2.connect(util.pg_dsn(self.database))
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT stripe_session_id, payment_id, amount_minor, currency, user_id"
+                    " FROM payments WHERE status = 'PENDING' AND stripe_session_id IS NOT NULL"
+                    " AND starts_with(request_id, %s) ORDER BY created_at, payment_id",
+                    (request_prefix,))
+                return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            connection.close()
+
+    def count(self, sql: str) -> int:
+        connection = psycopg2.connect(util.pg_dsn(self.database))
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(sql)
+                return int(cursor.fetchone()[0])
+        finally:
+            connection.close()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.25) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def webhook_bodies(sessions: list[tuple[str, str, int, str, str]], run: str) -> list[bytes]:
+    """One paid `checkout.session.completed` event per session, ~2 KB each."""
+    now = int(time.time())
+    return [
+        wrk.checkout_completed_event(
+            event_id=f"evt_{run}{i:010d}{secrets.token_hex(4)}", session_id=session_id,
+            payment_id=payment_id, amount=amount, currency=currency, user_id=user,
+            created=now, pad_to=2048)
+        for i, (session_id, payment_id, amount, currency, user) in enumerate(sessions)
+    ]
+
+
+def clone_sessions(database: str, count: int, tag: str, users: int = 1000) -> None:
+    """`count` more PENDING sessions, each a copy of one the service created through
+    CreateCheckoutSession (same package, amount, URLs, expiry) under new ids (payment id,
+    request id, cs_ id) and spread over the users: what CreateCheckoutSession would have
+    stored, without waiting for the fake Stripe to create each one. The webhook path reads only
+    our own row, never Stripe, so the credits/s it measures is the same."""
+    overrides = {
+        "payment_id": "'pay_' || substr(md5(%(tag)s || n::text), 1, 24)",
+        "request_id": "%(tag)s || '-' || n",
+        "stripe_session_id": "'cs_test_' || %(tag)s || '_' || md5(n::text)",
+        "user_id": "'u' || lpad((n %% %(users)s)::text, 4, '0')",
+        "status": "'PENDING'",
+        "payment_intent_id": "NULL",
+        "coins_credited": "0",
+        "coins_refunded": "0",
+        "expires_at": "now() + interval '1 hour'",
+        "created_at": "now()",
+        "updated_at": "now()",
+    }
+    connection = psycopg2.connect(util.pg_dsn(database))
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT column_name FROM information_schema.columns"
+                           " WHERE table_name = 'payments' ORDER BY ordinal_position")
+            columns = [name for (name,) in cursor.fetchall()]
+            values = [overrides.get(name, f"t.{name}") for name in columns]
+            cursor.execute(
+                f"INSERT INTO payments ({', '.join(columns)})"
+                f" SELECT {', '.join(values)} FROM (SELECT * FROM payments"
+                "  WHERE stripe_session_id IS NOT NULL ORDER BY created_at LIMIT 1) AS t"
+                " CROSS JOIN generate_series(1, %(count)s) AS n",
+                {"tag": tag, "users": users, "count": count})
+            if cursor.rowcount != count:
+                raise RuntimeError("no session created through the service to copy")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE payments")
+    finally:
+        connection.close()

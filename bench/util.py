@@ -1,0 +1,367 @@
+"""Shared plumbing for the benchmarks: ports, throwaway databases, /proc CPU and memory readings,
+subprocesses that are always reaped, and medians.
+
+Everything listens on 127.0.0.1 only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), int(round(fraction * len(sorted_values) + 0.5))))
+    return sorted_values[rank - 1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+              ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout_s} s")
+
+
+# -- Postgres ------------------------------------------------------------------------------------
+def pg_dsn(database: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={database}"
+
+
+def sqlalchemy_url(database: str) -> str:
+    return f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def _admin(sql: str, params: tuple[object, ...] = ()) -> None:
+    connection = psycopg2.connect(pg_dsn("postgres"), connect_timeout=5)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """A new empty database, dropped afterwards whatever happens."""
+    name = f"bench_{prefix}_{uuid.uuid4().hex[:10]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                   (name,))
+        _admin(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def migrate(database: str) -> None:
+    """`billing migrate` on the database, as an operator runs it."""
+    env = {**os.environ, "BILLING_DATABASE_URL": sqlalchemy_url(database)}
+    done = subprocess.run([PYTHON, "-m", "billing", "migrate"], env=env, cwd=ROOT,
+                          capture_output=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"billing migrate failed ({done.returncode}):\n"
+                           f"{done.stderr.decode(errors='replace')[-3000:]}")
+
+
+def seed_accounts(database: str, users: int, balance: int) -> None:
+    """`users` accounts (u0000…) with `balance` coins each, straight into the bare schema."""
+    connection = psycopg2.connect(pg_dsn(database))
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO accounts (user_id, balance)"
+                " SELECT 'u' || lpad(n::text, 4, '0'), %s FROM generate_series(0, %s - 1) AS n",
+                (balance, users),
+            )
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+    finally:
+        connection.close()
+
+
+def user_id(index: int) -> str:
+    return f"u{index:04d}"
+
+
+# -- /proc readings ------------------------------------------------------------------------------
+def proc_ticks(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), in clock ticks; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over every CPU, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def postgres_backends(database: str) -> list[int]:
+    """Pids of the Postgres backends connected to `database` (their cmdline names it)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                words = cmdline.read().replace(b"\0", b" ").split()
+        except OSError:
+            continue
+        # "postgres: [15/main: ]USER DATABASE HOST(PORT) STATE" (Debian adds the cluster name)
+        if words[:1] == [b"postgres:"] and database.encode() in words[2:4]:
+            pids.append(int(entry))
+    return pids
+
+
+def postgres_other() -> list[int]:
+    """Pids of Postgres' own processes (WAL writer, checkpointer, ...), not backends."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                text = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text.startswith("postgres: ") and any(
+            word in text for word in ("walwriter", "checkpointer", "background writer",
+                                      "autovacuum", "logical replication", "stats")):
+            pids.append(int(entry))
+    return pids
+
+
+@dataclass
+class CpuWindow:
+    """CPU use of named processes between start() and stop(), in % of one core.
+
+    With a database, its Postgres backends count too, including those that connect and exit
+    inside the window (a sampler thread keeps their last reading: a pool that churns
+    connections would otherwise hide their cost), and the window records how many sessions
+    Postgres opened and how many transactions it ran for that database.
+    """
+
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    database: str | None = None  # also count this database's Postgres backends
+    sample_every_s: float = 0.1
+    result: dict[str, float] = field(default_factory=dict)
+    top_single: dict[str, float] = field(default_factory=dict)
+    machine: float = 0.0
+    cores: int = 1
+    pg_sessions: int = 0
+    pg_transactions: int = 0
+    elapsed: float = 0.0
+
+    def _pids(self) -> dict[str, list[int]]:
+        groups = {name: list(pids) for name, pids in self.groups.items()}
+        if self.database is not None:
+            groups["postgres backends"] = postgres_backends(self.database)
+            groups["postgres aux"] = postgres_other()
+        return groups
+
+    def start(self) -> None:
+        self._resolved = self._pids()
+        self._first: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+        for pids in self._resolved.values():
+            for pid in pids:
+                ticks = proc_ticks(pid)
+                if ticks is not None:
+                    self._first[pid] = self._last[pid] = ticks
+        self._pg0 = _pg_counters(self.database) if self.database else (0, 0)
+        self._machine = machine_ticks()
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        if self.database is not None:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        assert self.database is not None
+        backends = self._resolved["postgres backends"]
+        while not self._stop.wait(self.sample_every_s):
+            for pid in postgres_backends(self.database):
+                ticks = proc_ticks(pid)
+                if ticks is None:
+                    continue
+                if pid not in self._first:  # connected inside the window: from zero
+                    self._first[pid] = 0
+                    backends.append(pid)
+                self._last[pid] = ticks
+
+    def stop(self) -> dict[str, float]:
+        self.elapsed = elapsed = max(time.monotonic() - self._started, 1e-6)
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(5)
+        if self.database is not None:
+            sessions, transactions = _pg_counters(self.database)
+            self.pg_sessions = sessions - self._pg0[0]
+            self.pg_transactions = transactions - self._pg0[1]
+        self.result, self.top_single = {}, {}
+        for name, pids in self._resolved.items():
+            total, single = 0.0, 0.0
+            for pid in pids:
+                now = proc_ticks(pid)
+                now = self._last.get(pid) if now is None else now
+                if now is None or pid not in self._first:
+                    continue
+                share = (now - self._first[pid]) / CLK_TCK / elapsed * 100
+                total += share
+                single = max(single, share)
+            self.result[name] = total
+            self.top_single[name] = single
+        busy0, total0 = self._machine
+        busy1, total1 = machine_ticks()
+        cores = os.cpu_count() or 1
+        self.machine = (busy1 - busy0) / max(total1 - total0, 1) * 100 * cores
+        self.cores = cores
+        return self.result
+
+    @property
+    def others(self) -> float:
+        """CPU used by processes outside this benchmark (other work on the machine)."""
+        return max(0.0, self.machine - sum(self.result.values()))
+
+    def describe(self) -> str:
+        parts = []
+        for name, share in self.result.items():
+            extra = ""
+            if len(self._resolved.get(name, [])) > 1:
+                extra = f" (busiest {self.top_single[name]:.0f}%)"
+            parts.append(f"{name} {share:.0f}%{extra}")
+        parts.append(f"other processes {self.others:.0f}%")
+        parts.append(f"machine {self.machine:.0f}% of {self.cores * 100}%")
+        text = "CPU: " + ", ".join(parts)
+        if self.database is not None:
+            # pg_stat_database lags up to a second or so behind: the rates are approximate.
+            text += (f"; Postgres: ~{self.pg_sessions} new connections,"
+                     f" ~{self.pg_transactions / self.elapsed:.0f} transactions/s")
+        return text
+
+    def saturated(self, threshold: float = 85.0) -> list[str]:
+        """Single processes near 100 % of one core (a Python process's GIL ceiling)."""
+        return [f"{name} {self.top_single[name]:.0f}%" for name in self.top_single
+                if self.top_single[name] >= threshold]
+
+
+# -- subprocesses --------------------------------------------------------------------------------
+def start(args: Sequence[str], *, env: dict[str, str] | None = None,
+          stdout: int | None = subprocess.DEVNULL, stderr: int | None = None,
+          ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), cwd=ROOT, env=env, stdout=stdout, stderr=stderr,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout_s`; returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running(args: Sequence[str], **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start(args, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "nan"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def join(values: Iterable[float]) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def _pg_counters(database: str) -> tuple[int, int]:
+    """(sessions opened, transactions committed + rolled back) so far for `database`; every
+    statement outside a transaction block counts as one transaction."""
+    connection = psycopg2.connect(pg_dsn("postgres"), connect_timeout=5)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT sessions, xact_commit + xact_rollback FROM pg_stat_database"
+                           " WHERE datname = %s", (database,))
+            row = cursor.fetchone()
+    finally:
+        connection.close()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

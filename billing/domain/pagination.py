@@ -29,7 +29,7 @@ def decode_page_token(user_id: str, token: str) -> int | None:
         before = int(seq)
     except (ValueError, UnicodeError):
         raise InvalidPageToken("page_token is malformed") from None
-    if version != _VERSION or before <= 0:
+    if version != _VERSION or not 0 < before < 2**63:  # a seq is a signed 64-bit integer
         raise InvalidPageToken("page_token is malformed")
     if scope != _scope(user_id):
         raise InvalidPageToken("page_token belongs to another query")

@@ -88,3 +88,9 @@ def test_page_tokens_round_trip_for_their_own_user_only():
 def test_malformed_page_tokens_are_refused(token):
     with pytest.raises(InvalidPageToken):
         decode_page_token("alice", token)
+
+
+def test_a_forged_token_past_a_64_bit_sequence_is_malformed():
+    forged = encode_page_token("alice", 2**63)
+    with pytest.raises(InvalidPageToken):
+        decode_page_token("alice", forged)

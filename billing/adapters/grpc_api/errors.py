@@ -31,9 +31,12 @@ CODES: Mapping[ErrorKind, grpc.StatusCode] = {
 class CallRefused(Exception):
     """Raised at the edge (auth) with the status the call ends with."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, caller: str = ""
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.caller = caller  # who was refused, when the token was valid (for the log line)
         self.status = rich_status(code, reason, message)
 
 

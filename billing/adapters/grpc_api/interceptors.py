@@ -88,7 +88,7 @@ class Authenticator:
                               "invalid bearer token")
         if found.rpcs is not None and rpc not in found.rpcs:
             raise CallRefused(grpc.StatusCode.PERMISSION_DENIED, "RPC_NOT_ALLOWED",
-                              f"caller {found.name!r} may not call {rpc}")
+                              f"caller {found.name!r} may not call {rpc}", caller=found.name)
         return found.name
 
 
@@ -131,8 +131,13 @@ class AuthInterceptor(_BillingInterceptor):
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            caller = self._authenticator.authenticate(rpc, context.invocation_metadata())
             state = _current.get()
+            try:
+                caller = self._authenticator.authenticate(rpc, context.invocation_metadata())
+            except CallRefused as refused:
+                if state is not None and refused.caller:
+                    state.caller = refused.caller  # the log says who tried
+                raise
             if state is not None:
                 state.caller = caller
             return behavior(request, context)
@@ -157,15 +162,15 @@ class ObservingInterceptor(_BillingInterceptor):
             started = time.perf_counter()
             response: Any = None
             status: grpc.Status | None = None
-            reason, failure = "", False
+            reason, failure = "", None
             try:
                 response = behavior(request, context)
             except CallRefused as refused:
                 status, reason = refused.status, refused.reason
             except BillingError as error:
                 status, reason = status_for(error), error.reason
-            except Exception:
-                status, reason, failure = internal_status(), "INTERNAL", True
+            except Exception as bug:  # kept: the log line carries its traceback
+                status, reason, failure = internal_status(), "INTERNAL", bug
             finally:
                 _current.reset(token)
             elapsed = time.perf_counter() - started
@@ -174,11 +179,12 @@ class ObservingInterceptor(_BillingInterceptor):
                 code = grpc.StatusCode.CANCELLED  # the caller left (deadline, cancel)
             calls.labels(rpc, code.name).inc()
             latency.observe(elapsed)
-            fields = _call_fields(rpc, request, state.caller, code, elapsed)
-            if reason:
-                fields["reason"] = reason
-            level = logging.ERROR if failure else logging.INFO
-            log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
+            level = logging.ERROR if failure is not None else logging.INFO
+            if log.isEnabledFor(level):  # the fields cost more than the call's own work
+                fields = _call_fields(rpc, request, state.caller, code, elapsed)
+                if reason:
+                    fields["reason"] = reason
+                log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
             if status is not None:
                 context.abort_with_status(status)  # raises: ends the call with `status`
             return response

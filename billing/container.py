@@ -61,10 +61,15 @@ def load_catalog(settings: Settings) -> Catalog:
         raise SettingsError(f"BILLING_CATALOG: {error}") from None
 
 
+# Connections per pool (writers and readers each have one): the 16 gRPC workers plus the webhook
+# and reconciliation threads never wait for a connection, and none is opened and closed per call.
+POOL_SIZE = 16
+
+
 def build_sql_store(settings: Settings) -> SqlStore:
     from billing.adapters.sql import SqlStore
 
-    return SqlStore(settings.database_url)
+    return SqlStore(settings.database_url, pool_size=POOL_SIZE)
 
 
 def prepare_database(settings: Settings, store: SqlStore) -> None:

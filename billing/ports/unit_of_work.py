@@ -46,7 +46,8 @@ class LedgerRepository(Protocol):
         ...
 
     def scan(self) -> Iterator[LedgerEntry]:
-        """Every row ordered by (user_id, seq), streamed (for the audit)."""
+        """Every row ordered by (user_id, seq), streamed (for the audit; needs a snapshot
+        unit)."""
         ...
 
 
@@ -173,6 +174,8 @@ class UnitOfWork(Protocol):
 
 
 class UnitOfWorkFactory(Protocol):
-    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
-        """A new unit; a read-only one takes no locks and must not write."""
+    def __call__(self, *, read_only: bool = False, snapshot: bool = False) -> UnitOfWork:
+        """A new unit. A read-only one takes no locks and must not write; each of its reads sees
+        what was committed when it ran. A snapshot unit is read-only and all its reads see the
+        same moment (the audit compares tables with each other)."""
         ...

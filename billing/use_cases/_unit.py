@@ -27,16 +27,23 @@ class UnitRunner:
     def now(self) -> datetime:
         return self.clock.now()
 
-    def run(self, work: Callable[[UnitOfWork], T], *, read_only: bool = False) -> T:
+    def run(
+        self, work: Callable[[UnitOfWork], T], *, read_only: bool = False, snapshot: bool = False
+    ) -> T:
         """Run `work` in a fresh unit and commit it; re-run the whole of it after a lost race.
 
         A domain error raised by `work` rolls the unit back and reaches the caller unchanged.
         """
         for attempt in range(1, self.max_attempts + 1):
             try:
-                with self.uow(read_only=read_only) as unit:
+                opened = (
+                    self.uow(read_only=True, snapshot=True)
+                    if snapshot
+                    else self.uow(read_only=read_only)
+                )
+                with opened as unit:
                     result = work(unit)
-                    if not read_only:
+                    if not (read_only or snapshot):
                         unit.commit()
                     events = list(unit.events)
             except TransientConflict as conflict:

@@ -35,7 +35,7 @@ class Audit:
     units: UnitRunner
 
     def __call__(self) -> AuditReport:
-        return self.units.run(self._audit, read_only=True)
+        return self.units.run(self._audit, snapshot=True)
 
     def _audit(self, unit: UnitOfWork) -> AuditReport:
         report = AuditReport()

@@ -130,8 +130,10 @@ def write(store: UnitOfWorkFactory, work: Callable[[UnitOfWork], object]) -> Non
         unit.commit()
 
 
-def read(store: UnitOfWorkFactory, query: Callable[[UnitOfWork], T]) -> T:
-    with store(read_only=True) as unit:
+def read(
+    store: UnitOfWorkFactory, query: Callable[[UnitOfWork], T], *, snapshot: bool = False
+) -> T:
+    with store(read_only=True, snapshot=snapshot) as unit:
         return query(unit)
 
 
@@ -223,11 +225,11 @@ def test_read_only_units_see_committed_data_only(store: UnitOfWorkFactory) -> No
     assert read(store, lambda u: u.payments.by_payment_id(pending.payment_id)) == pending
 
 
-def test_a_read_only_unit_reads_one_snapshot(store: UnitOfWorkFactory) -> None:
+def test_a_snapshot_unit_reads_one_moment(store: UnitOfWorkFactory) -> None:
     user_id = new_id("user")
     write(store, lambda unit: unit.accounts.save(Account(user_id, 1)))
 
-    with store(read_only=True) as reader:
+    with store(snapshot=True) as reader:
         assert reader.accounts.get(user_id) == Account(user_id, 1)
         write(store, lambda unit: unit.accounts.save(Account(user_id, 2)))
         assert reader.accounts.get(user_id) == Account(user_id, 1)
@@ -483,7 +485,7 @@ def test_scans_return_every_account_ledger_row_and_session(store: UnitOfWorkFact
     def scans(unit: UnitOfWork) -> tuple[list[Account], list[LedgerEntry], list[PaymentSession]]:
         return list(unit.accounts.scan()), list(unit.ledger.scan()), list(unit.payments.scan())
 
-    accounts, ledger_rows, sessions = read(store, scans)
+    accounts, ledger_rows, sessions = read(store, scans, snapshot=True)  # scans: the audit's
     assert sorted(accounts, key=lambda a: a.user_id) == [
         Account(users[0], 42), Account(users[1], 0), Account(users[2], 0)]
     assert ledger_rows == [entry for user in users for entry in entries[user]]  # by user, seq

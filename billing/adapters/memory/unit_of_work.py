@@ -41,8 +41,11 @@ class InMemoryStore:
         self.lock = threading.RLock()
         self.state = _State()
 
-    def unit_of_work(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
-        return InMemoryUnitOfWork(self, read_only=read_only)
+    def unit_of_work(
+        self, *, read_only: bool = False, snapshot: bool = False
+    ) -> InMemoryUnitOfWork:
+        """Every unit works on a copy taken under the lock: reads are always one snapshot."""
+        return InMemoryUnitOfWork(self, read_only=read_only or snapshot)
 
     __call__ = unit_of_work
 

@@ -6,8 +6,9 @@ new row versions; READ COMMITTED gives each statement a fresh snapshot, which is
 waiter needs after the wait (REPEATABLE READ or SERIALIZABLE would abort it with a serialization
 failure instead, only to re-run the same work). What row locks cannot cover, a row that does not
 exist yet, unique keys settle: the loser gets a unique violation and the whole use case re-runs.
-Read-only units run at REPEATABLE READ, READ ONLY: one consistent snapshot for all their reads,
-no locks, and never a serialization failure (read-only transactions cannot cause one).
+Read-only units use a second pool of AUTOCOMMIT connections: one round trip per read, no locks.
+A snapshot unit (the audit) runs at REPEATABLE READ, READ ONLY: one consistent view for all its
+reads, and never a serialization failure (read-only transactions cannot cause one).
 
 SQLite has no row locks: a writing unit opens with BEGIN IMMEDIATE, which takes the database's
 write lock up front (others wait up to the busy timeout), so a read-decide-write sequence can never
@@ -39,22 +40,36 @@ def build_engine(
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, pool_size, pool_timeout_s, sqlite_busy_timeout_s)
-    return _postgres_engine(parsed, pool_size, pool_timeout_s)
+    # Explicit: a server default must not change it.
+    return _postgres_engine(parsed, pool_size, pool_timeout_s, "READ COMMITTED")
 
 
-def _postgres_engine(url: URL, pool_size: int, pool_timeout_s: float) -> Engine:
+def build_reader_engine(engine: Engine, *, pool_size: int, pool_timeout_s: float) -> Engine:
+    """The engine of read-only units. On Postgres its own pool of AUTOCOMMIT connections: each
+    read is one round trip (no BEGIN, no ROLLBACK) and sees what was committed when it ran. On
+    SQLite the writer's engine (its "begin" listener opens readers with a plain BEGIN)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return _postgres_engine(engine.url, pool_size, pool_timeout_s, "AUTOCOMMIT")
+
+
+def _postgres_engine(
+    url: URL, pool_size: int, pool_timeout_s: float, isolation_level: str
+) -> Engine:
     # URL query parameters (?connect_timeout=..&application_name=..) take precedence.
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     if "application_name" not in url.query:
         connect_args["application_name"] = "billing"
+    # No pre-ping (it would cost a round trip per unit): a connection the server dropped fails
+    # its first statement instead, SQLAlchemy then discards every pooled connection as old as it,
+    # and the unit, which had committed nothing, runs again on a new one (errors.py).
     return create_engine(
         url,
-        isolation_level="READ COMMITTED",  # explicit: a server default must not change it
-        pool_pre_ping=True,  # a connection the server dropped (restart) is replaced, not used
+        isolation_level=isolation_level,
         pool_size=pool_size,
-        max_overflow=pool_size,  # a burst may open as many again, closed once returned
+        max_overflow=pool_size // 2,  # a burst may open a few more, closed once returned
         pool_timeout=pool_timeout_s,
         connect_args=connect_args,
     )
@@ -76,11 +91,9 @@ def _sqlite_engine(
 
 
 def unit_options(dialect_name: str, *, read_only: bool) -> dict[str, Any]:
-    """Execution options for a unit's connection, set before its transaction begins.
-
-    On Postgres, psycopg2 sends the characteristics with its BEGIN (no extra round trip), and
-    SQLAlchemy restores the engine's defaults when the connection goes back to the pool.
-    """
+    """Execution options for a snapshot unit's connection (or a writer's, on SQLite), set
+    before its transaction begins. On Postgres a read-only snapshot runs at REPEATABLE READ:
+    every read of the audit sees the same moment."""
     options: dict[str, Any] = {READ_ONLY_OPTION: read_only}
     if read_only and dialect_name == "postgresql":
         options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)

@@ -2,7 +2,9 @@
 
 - A lost race (unique violation, serialization failure, deadlock, SQLite's "database is locked")
   becomes TransientConflict: the use-case runner re-runs the whole unit.
-- A lost, refused or broken connection (and a pool with no connection to give) becomes
+- A connection dropped by the server (a restart) before COMMIT: TransientConflict too, so the
+  unit re-runs on a fresh connection and the caller never sees the restart.
+- A refused or broken connection (and a pool with no connection to give) becomes
   StoreUnavailable: the caller gets a retryable error. That includes a failed COMMIT, whose
   outcome we cannot know: every write is keyed, so the retry is safe either way.
 - Anything else (a CHECK violation, SQL that does not fit the schema) is a bug and propagates.
@@ -37,11 +39,19 @@ class SchemaError(RuntimeError):
 
 
 @contextmanager
-def translated_errors() -> Iterator[None]:
-    """Run a database call, raising the domain's error for a lost race or a lost database."""
+def translated_errors(*, committing: bool = False) -> Iterator[None]:
+    """Run a database call, raising the domain's error for a lost race or a lost database.
+
+    A connection lost before COMMIT took nothing with it (the server rolled the transaction
+    back): the unit runs again, on a fresh connection. Lost during COMMIT, the outcome is
+    unknown: the caller gets STORE_UNAVAILABLE, and its retry is safe because every write is
+    keyed.
+    """
     try:
         yield
     except exc.DBAPIError as error:
+        if error.connection_invalidated and not committing:
+            raise TransientConflict("the database connection was lost; re-run") from error
         translated = translate(error)
         if translated is None:
             raise

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from billing.adapters.sql import schema
-from billing.adapters.sql.engine import build_engine, unit_options
+from billing.adapters.sql.engine import READ_ONLY_OPTION, build_engine, build_reader_engine
 from billing.adapters.sql.unit_of_work import SqlUnitOfWork
 
 if TYPE_CHECKING:
@@ -35,22 +35,25 @@ class SqlStore:
             pool_timeout_s=pool_timeout_s,
             sqlite_busy_timeout_s=sqlite_busy_timeout_s,
         )
+        self.reader = build_reader_engine(
+            self.engine, pool_size=pool_size, pool_timeout_s=pool_timeout_s
+        )
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
 
-    def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, read_only=read_only)
+    def __call__(self, *, read_only: bool = False, snapshot: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, read_only=read_only, snapshot=snapshot,
+                             reader=self.reader)
 
     unit_of_work = __call__
 
     def ping(self) -> bool:
         """True when the database answers SELECT 1; never raises (for /readyz and health)."""
         try:
-            with self.engine.connect() as connection:
+            with self.reader.connect() as connection:
                 # As a reader: on SQLite a writer's lock must not make the probe wait or fail.
-                connection.execution_options(**unit_options(self.engine.dialect.name,
-                                                            read_only=True))
+                connection.execution_options(**{READ_ONLY_OPTION: True})
                 connection.exec_driver_sql("SELECT 1")
         except Exception as error:  # a probe answers, whatever went wrong
             log.info("database ping failed: %s", type(error).__name__)
@@ -64,12 +67,13 @@ class SqlStore:
 
     def pool_in_use(self) -> int:
         """Connections checked out of the pool right now (for the billing_db_pool_in_use gauge)."""
-        checked_out = getattr(self.engine.pool, "checkedout", None)
-        return int(checked_out()) if callable(checked_out) else 0
+        pools = {id(e.pool): e.pool for e in (self.engine, self.reader)}.values()
+        return sum(int(getattr(pool, "checkedout", lambda: 0)()) for pool in pools)
 
     def dispose(self) -> None:
         """Close every pooled connection (on shutdown)."""
         self.engine.dispose()
+        self.reader.dispose()
 
 
 if TYPE_CHECKING:  # mypy checks that the store and its units implement the ports

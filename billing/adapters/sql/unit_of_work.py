@@ -25,9 +25,20 @@ class SqlUnitOfWork:
     `rollback()` the unit stays usable: the next statement begins a new transaction.
     """
 
-    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
-        self._engine = engine
-        self.read_only = read_only
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        read_only: bool = False,
+        snapshot: bool = False,
+        reader: Engine | None = None,
+    ) -> None:
+        # Plain reads go to the reader's autocommit pool; a snapshot needs a real transaction.
+        separate_reader = reader is not None and reader is not engine
+        self._autocommit = read_only and not snapshot and separate_reader
+        self._engine = reader if self._autocommit and reader is not None else engine
+        self.read_only = read_only or snapshot
+        self._snapshot = snapshot
         self.dialect_name = engine.dialect.name
         self.events: list[DomainEvent] = []
         self._connection: Connection | None = None
@@ -43,11 +54,13 @@ class SqlUnitOfWork:
         with translated_errors():
             connection = self._engine.connect()
             try:
-                connection.execution_options(
-                    **unit_options(self.dialect_name, read_only=self.read_only))
-                # Begin now, not at the first statement: on SQLite a writer waits for the write
-                # lock here, and an unreachable database fails before any work is done.
-                connection.begin()
+                if not self._autocommit:
+                    if self._snapshot or self.dialect_name == "sqlite":
+                        connection.execution_options(
+                            **unit_options(self.dialect_name, read_only=self.read_only))
+                    # Begin now, not at the first statement: on SQLite a writer waits for the
+                    # write lock here.
+                    connection.begin()
             except BaseException:
                 connection.close()
                 raise
@@ -77,7 +90,7 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         assert not self.read_only, "a read-only unit cannot commit"
-        with translated_errors():
+        with translated_errors(committing=True):
             self._require_connection().commit()
         self._committed = True
 

@@ -110,18 +110,32 @@ def test_the_pool_survives_the_server_dropping_every_connection(
     assert store.ping() is True
 
 
-def test_a_connection_lost_mid_unit_is_store_unavailable_and_nothing_is_kept(
+def test_a_connection_lost_mid_unit_keeps_nothing_and_the_unit_runs_again(
     postgres_url: str, named_store: tuple[SqlStore, str],
 ) -> None:
     store, _ = named_store
     user_id = new_id("user")
-    with pytest.raises(StoreUnavailable), store() as unit:
+    with pytest.raises(TransientConflict), store() as unit:
         unit.accounts.save(Account(user_id, 10))
         terminate(postgres_url, "pid = :pid", pid=backend_pid(unit))
         unit.accounts.get(user_id)
 
     with store(read_only=True) as unit:
         assert unit.accounts.get(user_id) is None
+
+    attempts: list[int] = []
+
+    def work(unit: SqlUnitOfWork) -> int:
+        attempts.append(backend_pid(unit))
+        unit.accounts.save(Account(user_id, 10))
+        if len(attempts) == 1:  # the server drops the first attempt's connection mid-unit
+            terminate(postgres_url, "pid = :pid", pid=attempts[0])
+        account = unit.accounts.get(user_id)
+        assert account is not None
+        return account.balance
+
+    assert runner(store).run(work) == 10  # type: ignore[arg-type]
+    assert len(attempts) == 2 and attempts[0] != attempts[1]
 
 
 def test_a_commit_on_a_lost_connection_is_store_unavailable_not_a_silent_success(

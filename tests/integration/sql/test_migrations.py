@@ -169,3 +169,9 @@ def test_a_migrated_sqlite_database_uses_the_write_ahead_log(tmp_path: Path) -> 
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         connection.close()
+
+
+def test_the_start_up_check_knows_the_newest_migration() -> None:
+    from billing.adapters.sql.schema import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD, "update SCHEMA_HEAD with each new migration"

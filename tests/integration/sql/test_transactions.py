@@ -15,18 +15,23 @@ from billing.domain.money import Money
 from billing.domain.payment import PaymentSession
 
 
-def test_writers_run_at_read_committed_and_readers_on_one_read_only_snapshot(
+def test_writers_run_at_read_committed_readers_autocommit_and_snapshots_read_only(
     postgres_url: str,
 ) -> None:
-    store = SqlStore(postgres_url, pool_size=1)  # one connection: the reader reuses the writer's
+    store = SqlStore(postgres_url, pool_size=1)  # one connection each: characteristics reused
     show = text("SELECT current_setting('transaction_isolation'),"
-                " current_setting('transaction_read_only')")
+                " current_setting('transaction_read_only'), now() = statement_timestamp()")
     try:
         for _ in range(2):  # and the characteristics do not leak from one unit to the next
             with store() as writer:
-                assert tuple(writer.execute(show).one()) == ("read committed", "off")
-            with store(read_only=True) as reader:
-                assert tuple(reader.execute(show).one()) == ("repeatable read", "on")
+                writer.execute(text("SELECT pg_sleep(0.01)"))  # the transaction outlives it
+                assert tuple(writer.execute(show).one()) == ("read committed", "off", False)
+            with store(snapshot=True) as snapshot:
+                snapshot.execute(text("SELECT pg_sleep(0.01)"))
+                assert tuple(snapshot.execute(show).one()) == ("repeatable read", "on", False)
+            with store(read_only=True) as reader:  # each read its own one-statement transaction
+                reader.execute(text("SELECT pg_sleep(0.01)"))
+                assert tuple(reader.execute(show).one()) == ("read committed", "off", True)
     finally:
         store.dispose()
 
@@ -86,7 +91,7 @@ def test_scans_stream_through_a_server_side_cursor(postgres_url: str) -> None:
                                             type=TransactionType.GRANT, coins=1,
                                             balance_after=n + 1, created_at=now))
             unit.commit()
-        with store(read_only=True) as unit:
+        with store(snapshot=True) as unit:
             scan = unit.ledger.scan()
             first = next(scan)
             open_cursors = unit.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one()

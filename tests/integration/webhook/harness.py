@@ -123,12 +123,10 @@ class SwitchableStore:
         self._lock = threading.Lock()
         self.units_opened = 0
 
-    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+    def __call__(self, *, read_only: bool = False, snapshot: bool = False) -> UnitOfWork:
         with self._lock:
             self.units_opened += 1
-        # cast: the in-memory unit declares its repositories by their concrete classes, which
-        # mypy finds incompatible with the Protocol's mutable (so invariant) attributes.
-        return cast(UnitOfWork, _SwitchedUnit(self, read_only))
+        return cast(UnitOfWork, _SwitchedUnit(self, read_only or snapshot))
 
 
 class _SwitchedUnit(InMemoryUnitOfWork):

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from sqlalchemy import RowMapping, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from billing.adapters.sql.repositories.base import SqlRepository
 from billing.adapters.sql.tables import accounts, ledger
@@ -18,12 +19,16 @@ class SqlAccountRepository(SqlRepository):
         return Account(row["user_id"], row["balance"]) if row else None
 
     def lock(self, user_id: str) -> Account:
-        # Create-if-missing first, so there is always a row to lock: two units crediting a new
-        # user meet on that row instead of both inserting it.
-        self._insert_unless_present(accounts, {"user_id": user_id, "balance": 0})
-        account = self.get(user_id)
-        assert account is not None, "the account was just created or already existed"
-        return account
+        # One statement creates the row if missing and locks it either way (ON CONFLICT DO
+        # UPDATE takes the row lock): two units crediting a new user meet on that row instead of
+        # both inserting it, and there is no separate SELECT ... FOR UPDATE round trip.
+        dialect = postgresql if self._unit.dialect_name == "postgresql" else sqlite
+        upsert = dialect.insert(accounts).values(user_id=user_id, balance=0)
+        statement = upsert.on_conflict_do_update(
+            index_elements=[accounts.c.user_id], set_={"balance": accounts.c.balance}
+        ).returning(accounts.c.balance)
+        (balance,) = self._unit.execute(statement).one()
+        return Account(user_id, balance)
 
     def save(self, account: Account) -> None:
         self._save(accounts, {"user_id": account.user_id}, {"balance": account.balance})

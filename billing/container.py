@@ -29,12 +29,13 @@ from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import CreateCheckout
 from billing.use_cases.get_balance import GetBalance
 from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.inbox_events import ListInboxEvents, ReplayInboxEvent
 from billing.use_cases.list_coin_packages import ListCoinPackages
 from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundPayment
-from billing.use_cases.spend_coins import GrantCoins, SpendCoins
+from billing.use_cases.spend_coins import SpendCoins
 
 if TYPE_CHECKING:
     from collections.abc import Callable

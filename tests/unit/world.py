@@ -27,11 +27,12 @@ from billing.use_cases.create_checkout import (
 )
 from billing.use_cases.get_balance import GetBalance
 from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.inbox_events import ListInboxEvents, ReplayInboxEvent
 from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
-from billing.use_cases.spend_coins import CoinsCommand, GrantCoins, SpendCoins
+from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
 
 _ids = itertools.count(1)
 

@@ -16,10 +16,11 @@ from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
 from billing.use_cases.get_balance import GetBalance
 from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.list_coin_packages import ListCoinPackages
 from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment
-from billing.use_cases.spend_coins import CoinsCommand, GrantCoins, SpendCoins
+from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 

@@ -30,8 +30,9 @@ from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent, EventApplied
 from billing.use_cases.audit import Audit
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
+from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
-from billing.use_cases.spend_coins import CoinsCommand, GrantCoins, SpendCoins
+from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
 
 from .sql_storm import (
     PaidSession,

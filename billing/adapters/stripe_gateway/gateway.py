@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from billing.adapters.stripe_gateway.events import translate_event
 from billing.domain.errors import GatewayRejected, GatewayUnavailable
 from billing.domain.money import Money
 from billing.domain.payment_events import PaymentEvent
 from billing.ports import CheckoutParams, CheckoutSnapshot, RefundParams, RefundSnapshot
+
+if TYPE_CHECKING:
+    import stripe
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,27 @@ class StripePaymentGateway:
     ) -> None:
         if not api_key:
             raise ValueError("a Stripe API key is required")
-        self._client = stripe.StripeClient(
-            api_key,
-            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
-            max_network_retries=max_network_retries,
-            http_client=stripe.RequestsClient(timeout=timeout_s),
-        )
+        self._options = (api_key, api_base, max_network_retries, timeout_s)
+        self._sdk: stripe.StripeClient | None = None
+        self._sdk_lock = threading.Lock()
+
+    @property
+    def _client(self) -> stripe.StripeClient:
+        """The SDK client, made on first use: importing the SDK takes over half a second, which
+        `billing serve` should not spend before it listens."""
+        if self._sdk is None:
+            with self._sdk_lock:
+                if self._sdk is None:
+                    import stripe
+
+                    api_key, api_base, max_network_retries, timeout_s = self._options
+                    self._sdk = stripe.StripeClient(
+                        api_key,
+                        base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+                        max_network_retries=max_network_retries,
+                        http_client=stripe.RequestsClient(timeout=timeout_s),
+                    )
+        return self._sdk
 
     # -- the port ---------------------------------------------------------------------------
     def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
@@ -104,6 +121,8 @@ class StripePaymentGateway:
         return _checkout_snapshot(session)
 
     def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+        import stripe
+
         action = "expire the checkout session"
         with _stripe_errors(action):
             try:
@@ -243,6 +262,8 @@ def _stripe_errors(action: str) -> Iterator[None]:
     The original exception is not chained: its body and headers are Stripe's, and nothing of
     them may reach a log unscrubbed.
     """
+    import stripe  # on first use only, like the client
+
     try:
         yield
     except (stripe.AuthenticationError, stripe.PermissionError) as error:

@@ -82,7 +82,13 @@ class Service:
 
         assert self.proc is not None
         pending = {"grpc", "healthz", "readyz"}
-        channel = grpc.insecure_channel(self.target)
+        # Without these, a refused first connect makes the channel back off for a second or so,
+        # and the figure would measure grpcio's reconnect timer rather than the service.
+        channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.initial_reconnect_backoff_ms", 10),
+            ("grpc.min_reconnect_backoff_ms", 10),
+            ("grpc.max_reconnect_backoff_ms", 50),
+        ])
         health = health_pb2_grpc.HealthStub(channel)
         try:
             while pending:

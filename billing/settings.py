@@ -197,7 +197,7 @@ def parse(env: Mapping[str, str]) -> Settings:
         catalog_path=read.optional("BILLING_CATALOG", _existing_file),
         max_coins=read.optional("BILLING_MAX_COINS", _positive_int) or DEFAULT_MAX_COINS,
         reconcile_interval_s=read.number("BILLING_RECONCILE_INTERVAL_S", 60.0),
-        reconcile_after_s=read.number("BILLING_RECONCILE_AFTER_S", 900.0),
+        reconcile_after_s=read.number("BILLING_RECONCILE_AFTER_S", 900.0, allow_zero=True),
         event_max_attempts=read.optional("BILLING_EVENT_MAX_ATTEMPTS", _positive_int) or 10,
         shutdown_grace_s=read.number("BILLING_SHUTDOWN_GRACE_S", 10.0, allow_zero=True),
         log_level=log_level,

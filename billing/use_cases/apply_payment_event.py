@@ -8,9 +8,10 @@ session backwards, except a paid completion, which is always credited (rule 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from billing.domain.events import PaymentEventRejected
-from billing.domain.ledger import Posting, TransactionType, ledger_key
+from billing.domain.ledger import TransactionType, ledger_key
 from billing.domain.limits import DEFAULT_EVENT_MAX_ATTEMPTS
 from billing.domain.payment import PAID_STATES, PaymentSession, Refund, RefundStatus
 from billing.domain.payment_events import (
@@ -198,20 +199,9 @@ class ApplyPaymentEvent:
         if not event.refund_id or event.amount is None:
             raise _rejected("refund event without id or amount")
         session = self._session_of(unit, event)
-        now = self.units.now()
         unit.refunds.add(
-            Refund(
-                refund_key=event.refund_id,
-                payment_id=session.payment_id,
-                payment_intent_id=session.payment_intent_id,
-                user_id=session.user_id,
-                amount=event.amount,
-                coins=0,
-                created_at=now,
-                updated_at=now,
-                reason="refunded outside the billing service, and failed",
-                stripe_refund_id=event.refund_id,
-                status=RefundStatus.FAILED,
+            _external_refund_row(
+                session, event, coins=0, now=self.units.now(), status=RefundStatus.FAILED
             )
         )
 
@@ -241,30 +231,17 @@ class ApplyPaymentEvent:
             )
         )
         now = self.units.now()
-        refund = Refund(
-            refund_key=event.refund_id,
-            payment_id=session.payment_id,
-            payment_intent_id=session.payment_intent_id,
-            user_id=session.user_id,
-            amount=event.amount,
-            coins=coins,
-            created_at=now,
-            updated_at=now,
-            reason="refunded outside the billing service",
-            stripe_refund_id=event.refund_id,
-        )
+        refund = _external_refund_row(session, event, coins=coins, now=now)
         if coins > 0:
             entry = _postings.debit_what_is_left(
                 unit,
                 session.user_id,
-                Posting(
+                _postings.session_posting(
+                    session,
                     key=ledger_key("refund", event.refund_id),
                     type=TransactionType.REFUND,
                     coins=coins,
                     description="Refund made outside the billing service",
-                    session_id=session.stripe_session_id,
-                    payment_id=session.payment_id,
-                    caller="stripe",
                     request_id=event.event_id,
                 ),
                 now,
@@ -298,14 +275,12 @@ class ApplyPaymentEvent:
                 _postings.debit_what_is_left(
                     unit,
                     session.user_id,
-                    Posting(
+                    _postings.session_posting(
+                        session,
                         key=debit_key,
                         type=TransactionType.DISPUTE,
                         coins=owed,
                         description=f"Dispute {event.dispute_id} opened",
-                        session_id=session.stripe_session_id,
-                        payment_id=session.payment_id,
-                        caller="stripe",
                         request_id=event.event_id,
                     ),
                     now,
@@ -319,17 +294,41 @@ class ApplyPaymentEvent:
                 _postings.credit(
                     unit,
                     session.user_id,
-                    Posting(
+                    _postings.session_posting(
+                        session,
                         key=reversal_key,
                         type=TransactionType.DISPUTE_REVERSAL,
                         coins=-debited.coins,
                         description=f"Dispute {event.dispute_id} won",
-                        session_id=session.stripe_session_id,
-                        payment_id=session.payment_id,
-                        caller="stripe",
                         request_id=event.event_id,
                     ),
                     now,
                 )
             session.dispute_won(now)
         _postings.save_session(unit, session, before)
+
+
+def _external_refund_row(
+    session: PaymentSession,
+    event: PaymentEvent,
+    *,
+    coins: int,
+    now: datetime,
+    status: RefundStatus = RefundStatus.PENDING,
+) -> Refund:
+    """Our record of a refund made outside this service, keyed by Stripe's `re_` id."""
+    assert event.amount is not None
+    failed = status is RefundStatus.FAILED
+    return Refund(
+        refund_key=event.refund_id,
+        payment_id=session.payment_id,
+        payment_intent_id=session.payment_intent_id,
+        user_id=session.user_id,
+        amount=event.amount,
+        coins=coins,
+        created_at=now,
+        updated_at=now,
+        reason="refunded outside the billing service" + (", and failed" if failed else ""),
+        stripe_refund_id=event.refund_id,
+        status=status,
+    )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from billing.domain.errors import CoinsAlreadySpent, GatewayRejected
-from billing.domain.ledger import Posting, TransactionType, ledger_key
+from billing.domain.ledger import TransactionType, ledger_key
 from billing.domain.limits import check_id, check_key, check_reason
 from billing.domain.money import Money
 from billing.domain.payment import PaymentStatus, Refund, RefundStatus, new_refund_key
@@ -102,15 +102,14 @@ class RefundPayment:
             reason=command.reason,
             request_id=command.request_id,
         )
-        posting = Posting(
+        posting = _postings.session_posting(
+            session,
             key=ledger_key("refund", refund.refund_key),
             type=TransactionType.REFUND,
             coins=owed,
             description=f"Refund: {command.reason}" if command.reason else "Refund",
-            session_id=session.stripe_session_id,
-            payment_id=session.payment_id,
-            caller=command.caller,
             request_id=command.request_id,
+            caller=command.caller,
         )
         _postings.debit(unit, session.user_id, posting, now)
         before = session.status
@@ -204,14 +203,12 @@ def reverse_refund(
     assert session is not None
     taken = refund.coins - refund.shortfall
     if taken > 0:
-        posting = Posting(
+        posting = _postings.session_posting(
+            session,
             key=ledger_key("refund_reversal", refund.refund_key),
             type=TransactionType.REFUND_REVERSAL,
             coins=taken,
             description="Refund failed: coins returned",
-            session_id=session.stripe_session_id,
-            payment_id=session.payment_id,
-            caller="stripe",
             request_id=refund.request_id,
         )
         _postings.credit(unit, session.user_id, posting, now)

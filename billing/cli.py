@@ -190,14 +190,14 @@ def _fake_api_base(settings: Settings) -> str:
 
 
 def _trigger(settings: Settings, args: argparse.Namespace) -> int:
-    from billing.adapters.stripe_fake import trigger_event
+    from billing.devtools.stripe_fake import trigger_event
 
     return _print_result(lambda: trigger_event(_fake_api_base(settings), args.event_type,
                                                args.session))
 
 
 def _fake_action(settings: Settings, args: argparse.Namespace) -> int:
-    from billing.adapters.stripe_fake import fake_action
+    from billing.devtools.stripe_fake import fake_action
 
     return _print_result(lambda: fake_action(_fake_api_base(settings), args.fake_command,
                                              args.session_id))
@@ -223,8 +223,8 @@ def _fake_serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _run_fake_until_signal(settings: Settings) -> int:
     import signal
 
-    from billing.adapters.stripe_fake import run_fake
     from billing.container import build_fake_stripe_config
+    from billing.devtools.stripe_fake import run_fake
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

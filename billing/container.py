@@ -119,7 +119,7 @@ def reconcile_age(settings: Settings) -> timedelta:
 
 
 def build_fake_stripe_config(settings: Settings) -> Any:
-    from billing.adapters.stripe_fake import FakeStripeConfig
+    from billing.devtools.stripe_fake import FakeStripeConfig
 
     public_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if ":" in public_host:
@@ -129,6 +129,7 @@ def build_fake_stripe_config(settings: Settings) -> Any:
         webhook_url=settings.effective_fake_webhook_url,
         webhook_secret=settings.stripe_webhook_secrets[0].reveal(),
         drop_rate=settings.fake_stripe_drop_rate,
+        latency_s=settings.fake_stripe_latency_ms / 1000,
         public_url=f"http://{public_host}:{settings.fake_stripe_port}",
     )
 

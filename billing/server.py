@@ -157,7 +157,7 @@ class BillingServer:
         await self._bind(name, web.TCPSite(runner, host, port, reuse_port=False).start(), port)
 
     async def _start_fake_stripe(self, settings: Settings) -> None:
-        from billing.adapters.stripe_fake import run_fake
+        from billing.devtools.stripe_fake import run_fake
 
         config = self._container.fake_stripe_config()
         settings.fake_stripe_state.parent.mkdir(parents=True, exist_ok=True)

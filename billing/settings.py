@@ -91,6 +91,11 @@ class Settings:
     fake_stripe_state: Path = Path("var/stripe-fake.db")
     fake_stripe_webhook_url: str = ""  # "" = derived from http_port
     fake_stripe_drop_rate: float = 0.0
+    fake_stripe_latency_ms: int = 0
+    workers: int = 1
+    db_pool_size: int = 16
+    stripe_max_concurrency: int = 256
+    stripe_timeout_s: float = 30.0
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -210,6 +215,13 @@ def parse(env: Mapping[str, str]) -> Settings:
         or Path("var/stripe-fake.db"),
         fake_stripe_webhook_url=read.optional("BILLING_FAKE_STRIPE_WEBHOOK_URL", _http_url) or "",
         fake_stripe_drop_rate=read.optional("BILLING_FAKE_STRIPE_DROP_RATE", _rate) or 0.0,
+        fake_stripe_latency_ms=read.optional("BILLING_FAKE_STRIPE_LATENCY_MS", _non_negative_int)
+        or 0,
+        workers=read.optional("BILLING_WORKERS", _positive_int) or 1,
+        db_pool_size=read.optional("BILLING_DB_POOL_SIZE", _positive_int) or 16,
+        stripe_max_concurrency=read.optional("BILLING_STRIPE_MAX_CONCURRENCY", _positive_int)
+        or 256,
+        stripe_timeout_s=read.number("BILLING_STRIPE_TIMEOUT_S", 30.0),
     )
     ports = {"BILLING_GRPC_PORT": settings.grpc_port, "BILLING_HTTP_PORT": settings.http_port,
              "BILLING_ADMIN_PORT": settings.admin_port}
@@ -337,6 +349,13 @@ def _positive_int(raw: str) -> int:
     value = _int(raw)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 

@@ -27,8 +27,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake import FakeStripeConfig, run_fake
 from billing.adapters.stripe_gateway import StripePaymentGateway
+from billing.devtools.stripe_fake import FakeStripeConfig, run_fake
 from billing.domain.money import Money
 from billing.ports import CheckoutParams
 

@@ -18,20 +18,20 @@ from stripe_harness import (
     signature_is_valid,
 )
 
-from billing.adapters.stripe_fake import (
+from billing.adapters.stripe_gateway import StripePaymentGateway
+from billing.devtools.stripe_fake import (
     TRIGGERS,
     FakeStripeConfig,
     FakeStripeError,
     fake_action,
     trigger_event,
 )
-from billing.adapters.stripe_fake.client import FakeAction
-from billing.adapters.stripe_fake.engine import FakeStripe
-from billing.adapters.stripe_fake.errors import StripeApiError
-from billing.adapters.stripe_fake.forms import parse_form
-from billing.adapters.stripe_fake.store import FakeStripeStore
-from billing.adapters.stripe_fake.webhooks import signature_header
-from billing.adapters.stripe_gateway import StripePaymentGateway
+from billing.devtools.stripe_fake.client import FakeAction
+from billing.devtools.stripe_fake.engine import FakeStripe
+from billing.devtools.stripe_fake.errors import StripeApiError
+from billing.devtools.stripe_fake.forms import parse_form
+from billing.devtools.stripe_fake.store import FakeStripeStore
+from billing.devtools.stripe_fake.webhooks import signature_header
 
 
 def pending_webhooks(fake: FakeStripeServer) -> list[int]:

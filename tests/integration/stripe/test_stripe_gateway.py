@@ -19,8 +19,8 @@ from stripe_harness import (
     poll_until,
 )
 
-from billing.adapters.stripe_fake import fake_action
 from billing.adapters.stripe_gateway import StripePaymentGateway
+from billing.devtools.stripe_fake import fake_action
 from billing.domain.errors import GatewayRejected, GatewayUnavailable
 from billing.domain.money import Money
 from billing.ports import RefundParams

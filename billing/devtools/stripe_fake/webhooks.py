@@ -18,9 +18,9 @@ import time
 
 import aiohttp
 
-from billing.adapters.stripe_fake.config import FakeStripeConfig
-from billing.adapters.stripe_fake.engine import FakeStripe
-from billing.adapters.stripe_fake.store import StoredEvent
+from billing.devtools.stripe_fake.config import FakeStripeConfig
+from billing.devtools.stripe_fake.engine import FakeStripe
+from billing.devtools.stripe_fake.store import StoredEvent
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ Never used when a real key is set. See `app` (the server), `checkout_page` and `
 developer endpoints the CLI helpers in `client` call).
 """
 
-from billing.adapters.stripe_fake.app import create_fake_app, run_fake
-from billing.adapters.stripe_fake.client import FakeStripeError, fake_action, trigger_event
-from billing.adapters.stripe_fake.config import FakeStripeConfig
-from billing.adapters.stripe_fake.dev import TRIGGERS
+from billing.devtools.stripe_fake.app import create_fake_app, run_fake
+from billing.devtools.stripe_fake.client import FakeStripeError, fake_action, trigger_event
+from billing.devtools.stripe_fake.config import FakeStripeConfig
+from billing.devtools.stripe_fake.dev import TRIGGERS
 
 __all__ = [
     "TRIGGERS",

@@ -6,7 +6,7 @@ import secrets
 import string
 from typing import Any
 
-from billing.adapters.stripe_fake.errors import StripeApiError
+from billing.devtools.stripe_fake.errors import StripeApiError
 
 # The version this fake's objects follow (stripe-python 16's pinned API version).
 API_VERSION = "2026-10-28.endive"

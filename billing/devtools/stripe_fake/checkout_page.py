@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake.engine import TEST_CARDS, CardOutcome
-from billing.adapters.stripe_fake.errors import StripeApiError
-from billing.adapters.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
+from billing.devtools.stripe_fake.engine import TEST_CARDS, CardOutcome
+from billing.devtools.stripe_fake.errors import StripeApiError
+from billing.devtools.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
 from billing.domain.money import exponent
 
 _STYLE = """

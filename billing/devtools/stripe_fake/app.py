@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake.api import add_api_routes
-from billing.adapters.stripe_fake.checkout_page import add_page_routes
-from billing.adapters.stripe_fake.config import FakeStripeConfig
-from billing.adapters.stripe_fake.dev import add_dev_routes
-from billing.adapters.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
+from billing.devtools.stripe_fake.api import add_api_routes
+from billing.devtools.stripe_fake.checkout_page import add_page_routes
+from billing.devtools.stripe_fake.config import FakeStripeConfig
+from billing.devtools.stripe_fake.dev import add_dev_routes
+from billing.devtools.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
 
 _MAX_BODY = 256 * 1024  # Stripe's requests are small
 

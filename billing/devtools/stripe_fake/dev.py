@@ -26,11 +26,11 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake.engine import CARD_3DS, CARD_DECLINED, CARD_SUCCEEDS, FakeStripe
-from billing.adapters.stripe_fake.errors import StripeApiError, missing
-from billing.adapters.stripe_fake.forms import parse_form
-from billing.adapters.stripe_fake.objects import integer
-from billing.adapters.stripe_fake.runtime import RUNTIME
+from billing.devtools.stripe_fake.engine import CARD_3DS, CARD_DECLINED, CARD_SUCCEEDS, FakeStripe
+from billing.devtools.stripe_fake.errors import StripeApiError, missing
+from billing.devtools.stripe_fake.forms import parse_form
+from billing.devtools.stripe_fake.objects import integer
+from billing.devtools.stripe_fake.runtime import RUNTIME
 
 Action = Callable[[FakeStripe, str, dict[str, Any]], dict[str, Any] | None]
 

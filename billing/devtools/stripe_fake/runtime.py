@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake.config import FakeStripeConfig
-from billing.adapters.stripe_fake.engine import FakeStripe
-from billing.adapters.stripe_fake.store import FakeStripeStore
-from billing.adapters.stripe_fake.webhooks import WebhookSender
+from billing.devtools.stripe_fake.config import FakeStripeConfig
+from billing.devtools.stripe_fake.engine import FakeStripe
+from billing.devtools.stripe_fake.store import FakeStripeStore
+from billing.devtools.stripe_fake.webhooks import WebhookSender
 
 
 class FakeStripeRuntime:

@@ -13,6 +13,7 @@ class FakeStripeConfig:
     webhook_url: str  # where events are POSTed; empty: nowhere (they stay undelivered)
     webhook_secret: str  # events are signed with it (the first one, if comma-separated)
     drop_rate: float = 0.0  # share of events never delivered (reconciliation finds them)
+    latency_s: float = 0.0  # added to every API answer: real Stripe takes a few hundred ms
     public_url: str = DEFAULT_PUBLIC_URL  # base of the checkout URLs customers open
     api_key_prefix: str = "sk_test_"  # any key with this prefix (and more) is accepted
     # A card-4000000000005126 refund succeeds first, then fails this much later.
@@ -24,6 +25,8 @@ class FakeStripeConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_rate <= 1.0:
             raise ValueError("drop_rate must be between 0 and 1")
+        if self.latency_s < 0:
+            raise ValueError("latency_s must not be negative")
         if not self.api_key_prefix:
             raise ValueError("api_key_prefix must not be empty")
 

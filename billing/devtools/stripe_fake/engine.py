@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from billing.adapters.stripe_fake import objects as o
-from billing.adapters.stripe_fake.config import FakeStripeConfig
-from billing.adapters.stripe_fake.errors import StripeApiError, invalid_state, missing
-from billing.adapters.stripe_fake.store import FakeStripeStore, Record
+from billing.devtools.stripe_fake import objects as o
+from billing.devtools.stripe_fake.config import FakeStripeConfig
+from billing.devtools.stripe_fake.errors import StripeApiError, invalid_state, missing
+from billing.devtools.stripe_fake.store import FakeStripeStore, Record
 
 SESSION = "checkout.session"
 INTENT = "payment_intent"

@@ -8,6 +8,7 @@ with `Idempotent-Replayed: true`; the same key elsewhere or with other parameter
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -18,12 +19,12 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from billing.adapters.stripe_fake.engine import FakeStripe
-from billing.adapters.stripe_fake.errors import StripeApiError
-from billing.adapters.stripe_fake.forms import parse_form
-from billing.adapters.stripe_fake.objects import API_VERSION, new_id, refuse_unknown
-from billing.adapters.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
-from billing.adapters.stripe_fake.store import StoredReply
+from billing.devtools.stripe_fake.engine import FakeStripe
+from billing.devtools.stripe_fake.errors import StripeApiError
+from billing.devtools.stripe_fake.forms import parse_form
+from billing.devtools.stripe_fake.objects import API_VERSION, new_id, refuse_unknown
+from billing.devtools.stripe_fake.runtime import RUNTIME, FakeStripeRuntime
+from billing.devtools.stripe_fake.store import StoredReply
 
 Operation = Callable[[FakeStripe, web.Request, dict[str, Any]], dict[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,6 +98,8 @@ def _unrecognized(_: FakeStripe, request: web.Request, __: dict[str, Any]) -> di
 def _api(operation: Operation) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
+        if runtime.config.latency_s:  # before any work: the answer reflects the state after it
+            await asyncio.sleep(runtime.config.latency_s)
         headers = {
             "Request-Id": new_id("req_", 14),
             "Stripe-Version": request.headers.get("Stripe-Version") or API_VERSION,

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from billing.settings import Settings, SettingsError
 
@@ -133,11 +133,20 @@ def _with_store(settings: Settings, work: Callable[[Container], int]) -> int:
 
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     def run(container: Container) -> int:
-        report = container.reconcile()()
+        report = asyncio.run(_reconcile_once(container))
         print(json.dumps({"fixes": dict(report.fixes), "errors": report.errors}, indent=2))
         return 1 if report.errors else 0
 
     return _with_store(settings, run)
+
+
+async def _reconcile_once(container: Container) -> Any:
+    try:
+        return await container.reconcile()()
+    finally:
+        close = getattr(container.stripe(), "close", None)  # its HTTP session, on this loop
+        if close is not None:
+            await close()
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from dependency_injector import containers, providers
 
+from billing.adapters.bounded_gateway import BoundedPaymentGateway
+from billing.adapters.bulkheads import Bulkhead
 from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
-from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases
+from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases, DatabaseLanes
 from billing.adapters.metrics import Metrics
 from billing.adapters.notifier import LoggingNotifier
 from billing.adapters.system_clock import SystemClock
@@ -62,15 +64,21 @@ def load_catalog(settings: Settings) -> Catalog:
         raise SettingsError(f"BILLING_CATALOG: {error}") from None
 
 
-# Connections per pool (writers and readers each have one): the 16 gRPC workers plus the webhook
-# and reconciliation threads never wait for a connection, and none is opened and closed per call.
-POOL_SIZE = 16
+# Threads per bulkhead (billing/adapters/bulkheads.py). Database work is short and one process is
+# bound by the GIL: a few threads per kind overlap its round trips; more only add switching.
+# The writers' pool serves writes + webhook + checkout + background, the readers' pool reads:
+# both stay within BILLING_DB_POOL_SIZE (16) connections, so no thread waits for one.
+READ_THREADS = 4
+WRITE_THREADS = 4
+WEBHOOK_THREADS = 4
+CHECKOUT_THREADS = 4  # the database steps of the use cases that call Stripe
+BACKGROUND_THREADS = 2  # health probes, readiness, reconciliation, start-up
 
 
 def build_sql_store(settings: Settings) -> SqlStore:
     from billing.adapters.sql import SqlStore
 
-    return SqlStore(settings.database_url, pool_size=POOL_SIZE)
+    return SqlStore(settings.database_url, pool_size=settings.db_pool_size)
 
 
 def prepare_database(settings: Settings, store: SqlStore) -> None:
@@ -104,7 +112,10 @@ def build_stripe_gateway(settings: Settings) -> StripePaymentGateway:
     from billing.adapters.stripe_gateway import StripePaymentGateway
 
     return StripePaymentGateway(
-        settings.stripe_key.reveal(), api_base=settings.effective_stripe_api_base
+        settings.stripe_key.reveal(),
+        api_base=settings.effective_stripe_api_base,
+        timeout_s=settings.stripe_timeout_s,
+        max_connections=settings.stripe_max_concurrency,
     )
 
 
@@ -135,19 +146,21 @@ def build_fake_stripe_config(settings: Settings) -> Any:
 
 
 def build_public_app(
-    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics
+    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics, lane: Bulkhead
 ) -> web.Application:
     from billing.adapters.webhook import create_public_app
 
     secrets = [secret.reveal() for secret in settings.stripe_webhook_secrets]
-    app: web.Application = create_public_app(apply_event, secrets, metrics)
+    app: web.Application = create_public_app(apply_event, secrets, metrics, offload=lane)
     return app
 
 
-def build_admin_app(ready: Callable[[], bool], metrics: Metrics) -> web.Application:
+def build_admin_app(
+    ready: Callable[[], bool], metrics: Metrics, lane: Bulkhead
+) -> web.Application:
     from billing.adapters.webhook import create_admin_app
 
-    app: web.Application = create_admin_app(ready, metrics)
+    app: web.Application = create_admin_app(ready, metrics, offload=lane)
     return app
 
 
@@ -176,23 +189,44 @@ class Container(containers.DeclarativeContainer):
     notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
     clock = providers.Singleton(SystemClock)
 
+    # -- Bulkheads: one thread pool per kind of blocking work ---------------------------------
+    read_lane = providers.Singleton(Bulkhead, "db-reads", READ_THREADS)
+    write_lane = providers.Singleton(Bulkhead, "db-writes", WRITE_THREADS)
+    webhook_lane = providers.Singleton(Bulkhead, "db-webhook", WEBHOOK_THREADS)
+    checkout_lane = providers.Singleton(Bulkhead, "db-checkout", CHECKOUT_THREADS)
+    background_lane = providers.Singleton(Bulkhead, "background", BACKGROUND_THREADS)
+
     # -- Storage ------------------------------------------------------------------------------
     store = providers.Singleton(build_sql_store, settings)
     prepare_store = providers.Callable(prepare_database, settings, store)
     units = providers.Singleton(UnitRunner, uow=store, clock=clock, notifier=notifier)
+    # The units of the use cases that also wait on Stripe, run from the event loop.
+    checkout_units = providers.Singleton(
+        UnitRunner, uow=store, clock=clock, notifier=notifier, offload=checkout_lane
+    )
+    background_units = providers.Singleton(
+        UnitRunner, uow=store, clock=clock, notifier=notifier, offload=background_lane
+    )
 
     # -- Payment provider ---------------------------------------------------------------------
     catalog = providers.Singleton(load_catalog, settings)
-    gateway = providers.Singleton(build_stripe_gateway, settings)
+    stripe = providers.Singleton(build_stripe_gateway, settings)  # tests swap in memory's
+    gateway = providers.Singleton(
+        BoundedPaymentGateway,
+        stripe,
+        limit=settings.provided.stripe_max_concurrency,
+        timeout_s=settings.provided.stripe_timeout_s,
+        metrics=metrics,
+    )
     fake_stripe_config = providers.Singleton(build_fake_stripe_config, settings)
     event_parser = providers.Singleton(build_event_parser)
 
     # -- Use cases ----------------------------------------------------------------------------
     list_coin_packages = providers.Singleton(ListCoinPackages, catalog)
-    create_checkout = providers.Singleton(CreateCheckout, units, gateway, catalog)
+    create_checkout = providers.Singleton(CreateCheckout, checkout_units, gateway, catalog)
     get_payment_status = providers.Singleton(GetPaymentStatus, units)
-    cancel_checkout = providers.Singleton(CancelCheckout, units, gateway)
-    refund_payment = providers.Singleton(RefundPayment, units, gateway)
+    cancel_checkout = providers.Singleton(CancelCheckout, checkout_units, gateway)
+    refund_payment = providers.Singleton(RefundPayment, checkout_units, gateway)
     get_balance = providers.Singleton(GetBalance, units)
     spend_coins = providers.Singleton(
         SpendCoins, units, settings.provided.max_coins
@@ -205,7 +239,7 @@ class Container(containers.DeclarativeContainer):
         ApplyPaymentEvent, units, settings.provided.event_max_attempts
     )
     reconcile = providers.Singleton(
-        Reconcile, units, gateway, event_parser, apply_payment_event,
+        Reconcile, background_units, gateway, event_parser, apply_payment_event,
         providers.Callable(reconcile_age, settings),
     )
     audit = providers.Singleton(Audit, units)
@@ -229,14 +263,17 @@ class Container(containers.DeclarativeContainer):
             grant_coins=grant_coins,
             list_transactions=list_transactions,
         ),
+        providers.Singleton(DatabaseLanes, reads=read_lane, writes=write_lane),
     )
     api_callers = providers.Singleton(callers_of, settings)
     interceptors = providers.Singleton(server_interceptors, metrics, api_callers)
     grpc_credentials = providers.Singleton(build_grpc_credentials, settings)
 
     # -- HTTP edge (the admin app is given its readiness probe by the server) ----------------
-    public_app = providers.Factory(build_public_app, apply_payment_event, settings, metrics)
-    admin_app = providers.Factory(build_admin_app, metrics=metrics)
+    public_app = providers.Factory(
+        build_public_app, apply_payment_event, settings, metrics, webhook_lane
+    )
+    admin_app = providers.Factory(build_admin_app, metrics=metrics, lane=background_lane)
 
 
 def build_container(settings: Settings | None = None) -> Container:

@@ -1,9 +1,10 @@
 """`billing serve`: the gRPC server, the public and admin HTTP apps and, in fake mode, the fake
 Stripe, in one asyncio process.
 
-The gRPC server is a thread-pool server started next to the event loop; the aiohttp apps run on
-the loop. SIGTERM/SIGINT: health turns NOT_SERVING, every listener stops accepting, in-flight
-calls get BILLING_SHUTDOWN_GRACE_S to finish, the database pool is closed, exit 0.
+Everything listens on one event loop (grpc.aio and aiohttp); database work runs on the
+bulkheads the container sizes, and Stripe calls are awaited on the loop, holding no thread.
+SIGTERM/SIGINT: health turns NOT_SERVING, every listener stops accepting, in-flight calls get
+BILLING_SHUTDOWN_GRACE_S to finish, the thread pools and the database pool are closed, exit 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -81,6 +83,7 @@ class BillingServer:
             background = [
                 asyncio.create_task(self._watch_store(), name="store-health"),
                 asyncio.create_task(self._reconcile_forever(), name="reconcile"),
+                asyncio.create_task(self._warm_up(), name="warm-up"),
             ]
             await self._stop.wait()
             for task in background:
@@ -111,10 +114,10 @@ class BillingServer:
         container, settings = self._container, self._settings
         for warning in check_startup_safety(settings):
             log.warning(warning)
-        loop = asyncio.get_running_loop()
+        background = container.background_lane()
         self._store = container.store()
-        await loop.run_in_executor(None, container.prepare_store)
-        self._store_ok = await loop.run_in_executor(None, self._ping)
+        await background(container.prepare_store)
+        self._store_ok = await background(self._ping)
         if not self._store_ok:
             log.warning("the database does not answer: serving NOT_SERVING until it does")
         # Build everything first, so a configuration error leaves no port half-open.
@@ -122,18 +125,19 @@ class BillingServer:
         public_app = container.public_app()
         admin_app = container.admin_app(ready=self.ready)
         try:
-            self._grpc = create_grpc_server(
+            grpc_endpoint = await create_grpc_server(
                 servicer, interceptors, container.grpc_credentials(), settings.host,
                 settings.grpc_port,
             )
         except RuntimeError as error:
             raise StartupError(str(error)) from None
-        self._grpc.set_serving(self._store_ok)
-        self._grpc.server.start()
+        self._grpc = grpc_endpoint
+        await grpc_endpoint.set_serving(self._store_ok)
+        await grpc_endpoint.server.start()
         grpc_mode = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls_enabled \
             else "plaintext"
-        log.info("gRPC listening on %s (%s)", _address(settings.host, self._grpc.port), grpc_mode,
-                 extra={"port": self._grpc.port})
+        log.info("gRPC listening on %s (%s)", _address(settings.host, grpc_endpoint.port),
+                 grpc_mode, extra={"port": grpc_endpoint.port})
         await self._serve_app("public", public_app, settings.host, settings.http_port)
         log.info("webhook listening on http://%s/api/payment/webhook (and /healthz)",
                  _address(settings.host, settings.http_port), extra={"port": settings.http_port})
@@ -189,14 +193,24 @@ class BillingServer:
             log.exception("database probe failed")
             return False
 
+    async def _warm_up(self) -> None:
+        """Pay now, in the background, what the first Stripe call would pay (the SDK import)."""
+        warm_up: Callable[[], Awaitable[None]] | None = getattr(
+            self._container.stripe(), "warm_up", None)
+        if warm_up is not None:
+            try:
+                await warm_up()
+            except Exception:  # the first real call will try again, and say what is wrong
+                log.warning("warming up the Stripe client failed", exc_info=True)
+
     async def _watch_store(self) -> None:
         """Health follows the database: NOT_SERVING while it does not answer."""
-        loop = asyncio.get_running_loop()
+        background = self._container.background_lane()
         metrics = self._container.metrics()
         in_use: Callable[[], int] | None = getattr(self._store, "pool_in_use", None)
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            ok = await loop.run_in_executor(None, self._ping)
+            ok = await background(self._ping)
             if ok != self._store_ok:
                 if ok:
                     log.info("the database answers again: SERVING")
@@ -204,7 +218,7 @@ class BillingServer:
                     log.warning("the database does not answer: NOT_SERVING")
                 self._store_ok = ok
                 if self._grpc is not None:
-                    self._grpc.set_serving(ok)
+                    await self._grpc.set_serving(ok)
             if in_use is not None:
                 with contextlib.suppress(Exception):
                     metrics.db_pool_in_use.set(in_use())
@@ -212,37 +226,36 @@ class BillingServer:
     # -- reconciliation ------------------------------------------------------------------------
     async def _reconcile_forever(self) -> None:
         """A reconciliation pass every BILLING_RECONCILE_INTERVAL_S (safe on every replica)."""
-        loop = asyncio.get_running_loop()
         interval = self._settings.reconcile_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
-                await loop.run_in_executor(None, self._reconcile_once)
+                await self._reconcile_once()
             except Exception:
                 log.exception("reconciliation pass failed")
 
-    def _reconcile_once(self) -> None:
+    async def _reconcile_once(self) -> None:
         from billing.domain.payment_events import InboxOutcome
 
         container = self._container
         metrics = container.metrics()
-        report = container.reconcile()()
+        report = await container.reconcile()()
         metrics.reconcile_runs.inc()
         for kind, count in report.fixes.items():
             metrics.reconcile_fixes.labels(kind).inc(count)
         if report.total or report.errors:
             log.info("reconciliation pass", extra={"fixes": dict(report.fixes),
                                                     "errors": report.errors})
-        failed = container.list_inbox_events()(failed_only=True, limit=1000)
+        failed = await container.background_lane()(
+            partial(container.list_inbox_events(), failed_only=True, limit=1000))
         metrics.parked_events.set(sum(e.outcome is InboxOutcome.PARKED for e in failed))
 
     # -- shutdown --------------------------------------------------------------------------------
     async def _shutdown(self, grace: float) -> None:
         """Stop accepting everywhere at once, let in-flight work finish within `grace`."""
-        loop = asyncio.get_running_loop()
         stopping: list[Awaitable[Any]] = []
         if self._grpc is not None:
-            stopping.append(loop.run_in_executor(None, self._grpc.stop, grace))
+            stopping.append(self._grpc.stop(grace))
         # The fake Stripe (last started) stops first, so it sends nothing to a closed webhook.
         fake = [runner for name, runner in self._runners if name == "fake Stripe"]
         for runner in fake:
@@ -253,10 +266,24 @@ class BillingServer:
             if isinstance(result, BaseException):
                 log.error("error while stopping: %s", result)
         self._runners.clear()
+        await self._close_stripe()
+        container = self._container
+        lanes = [container.read_lane(), container.write_lane(), container.webhook_lane(),
+                 container.checkout_lane()]
+        for lane in lanes:
+            lane.shutdown()
         dispose = getattr(self._store, "dispose", None)
         if dispose is not None:
-            await loop.run_in_executor(None, dispose)
+            await container.background_lane()(dispose)
+        container.background_lane().shutdown()
         log.info("billing stopped")
+
+    async def _close_stripe(self) -> None:
+        close: Callable[[], Awaitable[None]] | None = getattr(
+            self._container.stripe(), "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
 
 def _address(host: str, port: int) -> str:

@@ -68,6 +68,25 @@ class Metrics:
         self.parked_events = Gauge(
             "billing_parked_events", "Inbox events parked after too many attempts.", registry=r
         )
+        self.stripe_in_flight = Gauge(
+            "billing_stripe_calls_in_flight",
+            "Stripe calls in flight (slots held, from before the local write to Stripe's answer).",
+            registry=r,
+        )
+        self.stripe_latency = Histogram(
+            "billing_stripe_call_seconds",
+            "Stripe call latency (SDK retries included) by endpoint and outcome (ok, rejected, "
+            "unavailable, timeout, cancelled, error).",
+            ["endpoint", "outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.stripe_shed = Counter(
+            "billing_stripe_shed_total",
+            "Requests refused with OVERLOADED because BILLING_STRIPE_MAX_CONCURRENCY Stripe calls "
+            "were in flight.",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "billing_db_pool_in_use", "Database connections checked out.", registry=r
         )

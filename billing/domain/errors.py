@@ -16,6 +16,7 @@ class ErrorKind(Enum):
     CONFLICT = "conflict"
     PRECONDITION = "precondition"
     UNAVAILABLE = "unavailable"
+    EXHAUSTED = "exhausted"
 
 
 class BillingError(Exception):
@@ -103,6 +104,21 @@ class GatewayRejected(BillingError):
     """Stripe refused the request; the message says why (never a secret)."""
 
     reason = "GATEWAY_REJECTED"
+
+
+class Overloaded(BillingError):
+    """A concurrency limit is full (`limit` names it); nothing was changed, retry with backoff."""
+
+    reason = "OVERLOADED"
+    kind = ErrorKind.EXHAUSTED
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"limit": self.limit}
 
 
 class StoreUnavailable(BillingError):

@@ -2,6 +2,7 @@
 
 from billing.ports.clock import Clock
 from billing.ports.notifier import Notifier
+from billing.ports.offload import Offload
 from billing.ports.payment_gateway import (
     CheckoutParams,
     CheckoutSnapshot,
@@ -32,6 +33,7 @@ __all__ = [
     "IdempotencyStore",
     "LedgerRepository",
     "Notifier",
+    "Offload",
     "PaymentEventParser",
     "PaymentGateway",
     "PaymentRepository",

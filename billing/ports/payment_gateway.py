@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -84,21 +85,32 @@ class RefundSnapshot:
 
 @runtime_checkable
 class PaymentGateway(Protocol):
-    """Every method raises GatewayUnavailable (retry later) or GatewayRejected (never will)."""
+    """The provider, asynchronous: a call waits hundreds of milliseconds on the network, and while
+    it waits it holds no thread and no database connection (DESIGN.md, "Concurrency and speed").
 
-    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot: ...
+    Every call raises GatewayUnavailable (retry later) or GatewayRejected (never will), and
+    Overloaded, before anything is sent, when the bounded number of calls in flight is reached.
+    """
 
-    def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot: ...
+    def reserve(self) -> AbstractAsyncContextManager[None]:
+        """Hold one slot of the bounded provider calls for the block; the calls made inside it
+        use that slot. Raises Overloaded at once when every slot is taken, so a use case can
+        refuse a request before it writes anything."""
+        ...
 
-    def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+    async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot: ...
+
+    async def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot: ...
+
+    async def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
         """Expire an open session; a session already complete or expired is returned as is."""
         ...
 
-    def refund(self, params: RefundParams) -> RefundSnapshot: ...
+    async def refund(self, params: RefundParams) -> RefundSnapshot: ...
 
-    def retrieve_refund(self, refund_id: str) -> RefundSnapshot: ...
+    async def retrieve_refund(self, refund_id: str) -> RefundSnapshot: ...
 
-    def undelivered_events(self, limit: int = 100) -> Sequence[PaymentEvent]:
+    async def undelivered_events(self, limit: int = 100) -> Sequence[PaymentEvent]:
         """Events the provider failed to deliver to our webhook, translated (reconciliation)."""
         ...
 

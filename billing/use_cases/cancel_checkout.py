@@ -18,7 +18,7 @@ class CancelCheckout:
     units: UnitRunner
     gateway: PaymentGateway
 
-    def __call__(self, user_id: str, session_id: str) -> PaymentStatus:
+    async def __call__(self, user_id: str, session_id: str) -> PaymentStatus:
         check_id("user_id", user_id)
         check_id("session_id", session_id)
 
@@ -26,13 +26,16 @@ class CancelCheckout:
             session = owned_session(unit, user_id, session_id)
             return session.status, session.payment_id
 
-        status, payment_id = self.units.run(look, read_only=True)
-        if status in PAID_STATES:
-            raise AlreadyPaid(f"session {session_id!r} is already paid")
-        if status is not PaymentStatus.PENDING:
-            return status
-        snapshot = self.gateway.expire_checkout(session_id, payment_id)
-        status = self.units.run(lambda unit: self._settle(unit, user_id, session_id, snapshot))
+        async with self.gateway.reserve():
+            status, payment_id = await self.units.run_async(look, read_only=True)
+            if status in PAID_STATES:
+                raise AlreadyPaid(f"session {session_id!r} is already paid")
+            if status is not PaymentStatus.PENDING:
+                return status
+            snapshot = await self.gateway.expire_checkout(session_id, payment_id)
+        status = await self.units.run_async(
+            lambda unit: self._settle(unit, user_id, session_id, snapshot)
+        )
         if status in PAID_STATES:
             raise AlreadyPaid(f"session {session_id!r} was paid before it could be cancelled")
         return status

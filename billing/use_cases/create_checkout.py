@@ -40,7 +40,7 @@ class CreateCheckout:
     catalog: Catalog
     ttl: timedelta = CHECKOUT_TTL
 
-    def __call__(self, command: CreateCheckoutCommand) -> CheckoutCreated:
+    async def __call__(self, command: CreateCheckoutCommand) -> CheckoutCreated:
         check_id("user_id", command.user_id)
         check_id("package_id", command.package_id)
         check_url("success_url", command.success_url)
@@ -48,19 +48,27 @@ class CreateCheckout:
         check_key("request_id", command.request_id)
         package = self.catalog.get(command.package_id)
 
-        payment = self.units.run(lambda unit: self._record(unit, command, package))
-        if not payment.stripe_session_id:
-            if payment.status is not PaymentStatus.PENDING:
-                raise GatewayRejected(
-                    f"checkout request {command.request_id!r} ended before Stripe was reached;"
-                    " send a new request_id"
-                )
-            snapshot = self.gateway.create_checkout(checkout_params(payment))
-            payment = self.units.run(
-                lambda unit: self._attach(
-                    unit, payment.payment_id, snapshot.session_id, snapshot.url
-                )
+        # The slot first: a request past the bound on provider calls is refused (Overloaded)
+        # before our row is written.
+        async with self.gateway.reserve():
+            payment = await self.units.run_async(
+                lambda unit: self._record(unit, command, package)
             )
+            if not payment.stripe_session_id:
+                if payment.status is not PaymentStatus.PENDING:
+                    raise GatewayRejected(
+                        f"checkout request {command.request_id!r} ended before Stripe was"
+                        " reached; send a new request_id"
+                    )
+                # If the caller leaves while Stripe answers, the PENDING row stays: a retry
+                # with the same request_id resends the same parameters under the same
+                # Idempotency-Key and gets the same session (rule 2).
+                snapshot = await self.gateway.create_checkout(checkout_params(payment))
+                payment = await self.units.run_async(
+                    lambda unit: self._attach(
+                        unit, payment.payment_id, snapshot.session_id, snapshot.url
+                    )
+                )
         return CheckoutCreated(
             session_id=payment.stripe_session_id,
             checkout_url=payment.checkout_url,

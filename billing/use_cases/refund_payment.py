@@ -45,22 +45,27 @@ class RefundPayment:
     units: UnitRunner
     gateway: PaymentGateway
 
-    def __call__(self, command: RefundCommand) -> RefundResult:
+    async def __call__(self, command: RefundCommand) -> RefundResult:
         check_id("user_id", command.user_id)
         check_id("session_id", command.session_id)
         check_reason("reason", command.reason)
         check_key("request_id", command.request_id)
         fingerprint = params_hash(session_id=command.session_id, reason=command.reason)
 
-        begun = self.units.run(lambda unit: self._begin(unit, command, fingerprint))
-        if isinstance(begun, RefundResult):
-            return begun
-        try:
-            snapshot = self.gateway.refund(refund_params(begun, command.reason))
-        except GatewayRejected:
-            self.units.run(lambda unit: reverse_refund(unit, begun.refund_key, self.units))
-            raise
-        return self.units.run(
+        async with self.gateway.reserve():  # Overloaded before the debit is written
+            begun = await self.units.run_async(
+                lambda unit: self._begin(unit, command, fingerprint)
+            )
+            if isinstance(begun, RefundResult):
+                return begun
+            try:
+                snapshot = await self.gateway.refund(refund_params(begun, command.reason))
+            except GatewayRejected:
+                await self.units.run_async(
+                    lambda unit: reverse_refund(unit, begun.refund_key, self.units)
+                )
+                raise
+        return await self.units.run_async(
             lambda unit: self._finish(unit, command, fingerprint, snapshot, begun.refund_key)
         )
 

@@ -92,13 +92,13 @@ class ControllableGateway(InMemoryPaymentGateway):
         self.crash: Exception | None = None
         self.entered = threading.Event()
 
-    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+    async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
         self.entered.set()
         if self.delay_s:
-            time.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s)
         if self.crash is not None:
             raise self.crash
-        return super().create_checkout(params)
+        return await super().create_checkout(params)
 
 
 @dataclass
@@ -145,11 +145,12 @@ def start_service(
     gateway: InMemoryPaymentGateway | None = None,
     configure: Callable[[Container], object] | None = None,
 ) -> RunningService:
-    """Run the service; with `gateway`, that in-memory Stripe replaces the real SDK."""
+    """Run the service; with `gateway`, that in-memory Stripe replaces the real SDK (behind the
+    same bound on calls in flight)."""
     settings = parse(env)
     container = build_container(settings)
     if gateway is not None:
-        container.gateway.override(providers.Object(gateway))
+        container.stripe.override(providers.Object(gateway))
     if configure is not None:
         configure(container)
     server = BillingServer(container)

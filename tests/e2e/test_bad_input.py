@@ -47,6 +47,7 @@ from tests.e2e.harness import (
     create_request,
     http_get,
     http_post,
+    reason_of,
     signed_checkout_completed,
 )
 from tests.integration.webhook.harness import request as http_request
@@ -137,7 +138,7 @@ def _grant(stub: Any, user: str, coins: int) -> None:
 
 def _paid_session(service: RunningService, stub: Any, user: str) -> tuple[str, bytes,
                                                                             dict[str, str]]:
-    gateway = service.container.gateway()
+    gateway = service.container.stripe()
     created = stub.CreateCheckoutSession(create_request(user), metadata=ADMIN, timeout=5)
     paid = gateway.pay(created.session_id)
     secret = service.settings.stripe_webhook_secrets[0].reveal()
@@ -192,7 +193,7 @@ def world(service: RunningService, stub: Any) -> World:
     owner_paid, _, _ = _paid_session(service, stub, owner)
     owner_pending = stub.CreateCheckoutSession(create_request(owner, request_id=_key()),
                                                metadata=ADMIN, timeout=5).session_id
-    pending = service.container.gateway().sessions[bob_pending]
+    pending = service.container.stripe().sessions[bob_pending]
     sessions = {alice_paid: alice, bob_pending: bob}
     return World(
         seeded_users=(alice, bob),
@@ -471,9 +472,9 @@ def test_random_authorization_headers_are_unauthenticated(service, stub, world, 
 
 
 def test_bytes_that_are_not_the_request_message_change_nothing(service, stub, world):
-    """Below the stubs: invalid UTF-8 in a string field, truncated and random bytes. grpcio
-    refuses what it cannot decode before any handler runs (its own INTERNAL, "Exception
-    deserializing request!", with no ErrorInfo); the point here is that nothing is applied."""
+    """Below the stubs: invalid UTF-8 in a string field, truncated and random bytes. What does
+    not decode as the request message is refused like any bad input (INVALID_ARGUMENT,
+    INVALID_FIELD `request`), and nothing is applied."""
     alice = world.seeded_users[0]
     grant = pb.GrantCoinsRequest(user_id=alice, coins=5, reason="R", idempotency_key=_key())
     wire = grant.SerializeToString()
@@ -484,11 +485,10 @@ def test_bytes_that_are_not_the_request_message_change_nothing(service, stub, wo
         for body in (bad_reason, wire[:-3], b"\xff" * 16, b"\x0a\xff\xff\xff\xff\x0f"):
             with pytest.raises(grpc.RpcError) as failure:
                 raw(body, metadata=ADMIN, timeout=5)
-            code = failure.value.code()
-            if code is C.INTERNAL:
-                assert failure.value.details() == "Exception deserializing request!"
-            else:
-                assert code is C.INVALID_ARGUMENT, code
+            code, reason, metadata = reason_of(failure.value)
+            assert (code, reason) == (C.INVALID_ARGUMENT, "INVALID_FIELD"), body
+            if metadata["field"] == "request":
+                assert "not a valid GrantCoins request" in failure.value.details()
     assert_seeded_untouched(stub, world)
     assert_serving(service)
 

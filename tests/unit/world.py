@@ -33,6 +33,7 @@ from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
 from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
+from tests.blocking import blocking
 
 _ids = itertools.count(1)
 
@@ -61,17 +62,19 @@ class World:
     def __post_init__(self) -> None:
         self.units = UnitRunner(self.store, self.clock, self.notifier)
         self.catalog = default_catalog()
-        self.create_checkout = CreateCheckout(self.units, self.gateway, self.catalog)
+        # The use cases that wait on the provider are async; the tests call them like the rest.
+        self.create_checkout = blocking(CreateCheckout(self.units, self.gateway, self.catalog))
         self.apply_event = ApplyPaymentEvent(self.units)
-        self.cancel = CancelCheckout(self.units, self.gateway)
-        self.refund_payment = RefundPayment(self.units, self.gateway)
+        self.cancel = blocking(CancelCheckout(self.units, self.gateway))
+        self.refund_payment = blocking(RefundPayment(self.units, self.gateway))
         self.get_balance = GetBalance(self.units)
         self.status = GetPaymentStatus(self.units)
         self.spend_coins = SpendCoins(self.units, max_coins=1_000_000)
         self.grant_coins = GrantCoins(self.units, max_coins=1_000_000)
         self.list_transactions = ListTransactions(self.units)
         self.parser = EventsByPayload()
-        self.reconcile = Reconcile(self.units, self.gateway, self.parser, self.apply_event)
+        self.reconcile = blocking(
+            Reconcile(self.units, self.gateway, self.parser, self.apply_event))
         self.audit = Audit(self.units)
         self.inbox = ListInboxEvents(self.units)
         self.replay = ReplayInboxEvent(self.units, self.parser, self.apply_event)

@@ -1,4 +1,5 @@
-"""Server interceptors for BillingService: bearer auth, and observation (log, metrics, errors).
+"""Server interceptors (grpc.aio) for BillingService: bearer auth, and observation (log,
+metrics, errors, the caller's deadline for onward calls).
 
 Only `/billing.v1.BillingService/` methods are intercepted: health and reflection pass untouched
 and need no token. `server_interceptors()` returns both in the order they must run; the
@@ -7,20 +8,22 @@ observing one is outermost, so a refused call is logged, counted and mapped like
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
+from billing.adapters import deadlines
 from billing.adapters.grpc_api.errors import CallRefused, internal_status, status_for
 from billing.adapters.metrics import Metrics
-from billing.domain.errors import BillingError
+from billing.domain.errors import BillingError, InvalidField
 
 SERVICE = "billing.v1.BillingService"
 _PREFIX = f"/{SERVICE}/"
@@ -28,7 +31,16 @@ ANONYMOUS = "anonymous"
 
 log = logging.getLogger("billing.rpc")
 
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
+Context = grpc.aio.ServicerContext[Any, Any]
+Deserializer = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What arrived instead of a request message: bytes that do not decode as one."""
+
+    error: str
+Behavior = Callable[[Any, Context], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -43,7 +55,7 @@ _current: ContextVar[CallState | None] = ContextVar("billing_rpc_call", default=
 
 
 def current_caller() -> str:
-    """The authenticated caller's name of the RPC running in this thread."""
+    """The authenticated caller's name of the RPC running in this task."""
     state = _current.get()
     return state.caller if state else ANONYMOUS
 
@@ -72,7 +84,7 @@ class Authenticator:
     def __init__(self, callers: Sequence[Caller]) -> None:
         self._callers = tuple(callers)
 
-    def authenticate(self, rpc: str, metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    def authenticate(self, rpc: str, metadata: Iterable[tuple[str, str | bytes]]) -> str:
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None or (isinstance(header, str) and not header.strip()):
             raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN",
@@ -92,7 +104,7 @@ class Authenticator:
         return found.name
 
 
-class _BillingInterceptor(grpc.ServerInterceptor):
+class _BillingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the unary handlers of BillingService with `_wrap`; leaves everything else alone.
 
     Handlers are registered once, so each method is wrapped once and the wrapper reused.
@@ -100,28 +112,32 @@ class _BillingInterceptor(grpc.ServerInterceptor):
 
     _wrapped: dict[str, grpc.RpcMethodHandler]
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith(_PREFIX) or handler.unary_unary is None:
             return handler
+        behavior = cast(Behavior, handler.unary_unary)  # a coroutine function on grpc.aio
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method[len(_PREFIX):], handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            self._wrap(method[len(_PREFIX):], behavior),
+            request_deserializer=self._deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-        self._wrapped[method] = wrapped  # a race only wraps twice: both wrappers are equal
+        self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
+
+    def _deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        return deserialize
 
 
 class AuthInterceptor(_BillingInterceptor):
@@ -130,17 +146,18 @@ class AuthInterceptor(_BillingInterceptor):
         self._wrapped = {}
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
-        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+        async def authenticated(request: Any, context: Context) -> Any:
             state = _current.get()
             try:
-                caller = self._authenticator.authenticate(rpc, context.invocation_metadata())
+                caller = self._authenticator.authenticate(
+                    rpc, context.invocation_metadata() or ())
             except CallRefused as refused:
                 if state is not None and refused.caller:
                     state.caller = refused.caller  # the log says who tried
                 raise
             if state is not None:
                 state.caller = caller
-            return behavior(request, context)
+            return await behavior(request, context)
 
         return authenticated
 
@@ -152,41 +169,79 @@ class ObservingInterceptor(_BillingInterceptor):
         self._metrics = metrics
         self._wrapped = {}
 
-    def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
-        calls = self._metrics.rpcs
-        latency = self._metrics.rpc_latency.labels(rpc)
+    def _observe(
+        self,
+        rpc: str,
+        request: Any,
+        caller: str,
+        code: grpc.StatusCode,
+        started: float,
+        reason: str,
+        failure: Exception | None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        self._metrics.rpcs.labels(rpc, code.name).inc()
+        self._metrics.rpc_latency.labels(rpc).observe(elapsed)
+        level = logging.ERROR if failure is not None else logging.INFO
+        if log.isEnabledFor(level):  # the fields cost more than the call's own work
+            fields = _call_fields(rpc, request, caller, code, elapsed)
+            if reason:
+                fields["reason"] = reason
+            log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
 
-        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+    def _deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        """Bytes that are not the request message become an Undecodable, answered below like
+        any bad input (grpc.aio would log a traceback and answer UNKNOWN)."""
+        if deserialize is None:
+            return None
+        parse: Deserializer = deserialize
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as error:  # protobuf's DecodeError, or anything a parser raises
+                return Undecodable(str(error)[:200])
+
+        return tolerant
+
+    def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
+        async def observed(request: Any, context: Context) -> Any:
             state = CallState(rpc)
             token = _current.set(state)
+            deadline = deadlines.set_remaining(context.time_remaining())
             started = time.perf_counter()
             response: Any = None
             status: grpc.Status | None = None
+            code = grpc.StatusCode.OK
             reason, failure = "", None
             try:
-                response = behavior(request, context)
+                if isinstance(request, Undecodable):
+                    raise InvalidField("request", f"not a valid {rpc} request: {request.error}")
+                response = await behavior(request, context)
             except CallRefused as refused:
                 status, reason = refused.status, refused.reason
             except BillingError as error:
                 status, reason = status_for(error), error.reason
+            except asyncio.CancelledError:
+                # The caller left (deadline or cancel) and the runtime cancelled this task: it
+                # answers the call itself. Counted and logged, then the cancellation goes on.
+                code = grpc.StatusCode.CANCELLED
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                self._observe(rpc, request, state.caller, code, started, "", None)
+                raise
             except Exception as bug:  # kept: the log line carries its traceback
                 status, reason, failure = internal_status(), "INTERNAL", bug
             finally:
+                deadlines.reset(deadline)
                 _current.reset(token)
-            elapsed = time.perf_counter() - started
-            code = status.code if status is not None else grpc.StatusCode.OK
-            if status is None and not context.is_active():
-                code = grpc.StatusCode.CANCELLED  # the caller left (deadline, cancel)
-            calls.labels(rpc, code.name).inc()
-            latency.observe(elapsed)
-            level = logging.ERROR if failure is not None else logging.INFO
-            if log.isEnabledFor(level):  # the fields cost more than the call's own work
-                fields = _call_fields(rpc, request, state.caller, code, elapsed)
-                if reason:
-                    fields["reason"] = reason
-                log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
             if status is not None:
-                context.abort_with_status(status)  # raises: ends the call with `status`
+                code = status.code
+            self._observe(rpc, request, state.caller, code, started, reason, failure)
+            if status is not None:
+                # Raises: ends the call with `status` (grpc-stubs lack this grpc.aio method).
+                await context.abort_with_status(status)  # type: ignore[attr-defined]
             return response
 
         return observed
@@ -210,9 +265,9 @@ def _call_fields(
 
 def server_interceptors(
     metrics: Metrics, callers: Sequence[Caller]
-) -> list[grpc.ServerInterceptor]:
+) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors, outermost first; no callers means auth is off."""
-    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics)]
     if callers:
         interceptors.append(AuthInterceptor(Authenticator(callers)))
     return interceptors

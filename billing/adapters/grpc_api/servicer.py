@@ -1,17 +1,23 @@
-"""The BillingService servicer: decode the request, call one use case, encode the answer.
+"""The BillingService servicer (grpc.aio): decode the request, call one use case, encode.
 
-Errors are not handled here: domain errors propagate to the observing interceptor, which maps
-them once (errors.py). The caller's name comes from the auth interceptor (`current_caller`).
+Use cases that only touch the database are synchronous and run on a bulkhead: reads on one
+pool, writes on another, so a burst of one never queues the other. Use cases that wait on Stripe
+are async and await it on the loop, holding no thread. Errors are not handled here: domain
+errors propagate to the observing interceptor, which maps them once (errors.py). The caller's
+name comes from the auth interceptor (`current_caller`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import grpc
 
 from billing.adapters.grpc_api import codec
 from billing.adapters.grpc_api.interceptors import current_caller
+from billing.ports import Offload
 from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
 from billing.use_cases.get_balance import GetBalance
@@ -38,20 +44,30 @@ class BillingUseCases:
     list_transactions: ListTransactions
 
 
-class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, use_cases: BillingUseCases) -> None:
-        self._do = use_cases
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseLanes:
+    """Where the synchronous use cases run (billing.adapters.bulkheads)."""
 
-    def ListCoinPackages(
-        self, request: pb.ListCoinPackagesRequest, context: grpc.ServicerContext
+    reads: Offload
+    writes: Offload
+
+
+class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self, use_cases: BillingUseCases, lanes: DatabaseLanes) -> None:
+        self._do = use_cases
+        self._reads = lanes.reads
+        self._writes = lanes.writes
+
+    async def ListCoinPackages(
+        self, request: pb.ListCoinPackagesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListCoinPackagesResponse:
         packages = self._do.list_coin_packages()
         return pb.ListCoinPackagesResponse(packages=[codec.coin_package(p) for p in packages])
 
-    def CreateCheckoutSession(
-        self, request: pb.CreateCheckoutSessionRequest, context: grpc.ServicerContext
+    async def CreateCheckoutSession(
+        self, request: pb.CreateCheckoutSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateCheckoutSessionResponse:
-        created = self._do.create_checkout(
+        created = await self._do.create_checkout(
             CreateCheckoutCommand(
                 user_id=request.user_id,
                 package_id=request.package_id,
@@ -66,10 +82,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             expire_time=codec.timestamp(created.expires_at),
         )
 
-    def GetPaymentStatus(
-        self, request: pb.GetPaymentStatusRequest, context: grpc.ServicerContext
+    async def GetPaymentStatus(
+        self, request: pb.GetPaymentStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetPaymentStatusResponse:
-        view = self._do.get_payment_status(request.user_id, request.session_id)
+        view = await self._reads(
+            partial(self._do.get_payment_status, request.user_id, request.session_id)
+        )
         session = view.session
         return pb.GetPaymentStatusResponse(
             session_id=session.stripe_session_id,
@@ -81,16 +99,16 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             coins_refunded=session.coins_refunded,
         )
 
-    def CancelCheckoutSession(
-        self, request: pb.CancelCheckoutSessionRequest, context: grpc.ServicerContext
+    async def CancelCheckoutSession(
+        self, request: pb.CancelCheckoutSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CancelCheckoutSessionResponse:
-        status = self._do.cancel_checkout(request.user_id, request.session_id)
+        status = await self._do.cancel_checkout(request.user_id, request.session_id)
         return pb.CancelCheckoutSessionResponse(status=codec.payment_status(status))
 
-    def RefundPayment(
-        self, request: pb.RefundPaymentRequest, context: grpc.ServicerContext
+    async def RefundPayment(
+        self, request: pb.RefundPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RefundPaymentResponse:
-        result = self._do.refund_payment(
+        result = await self._do.refund_payment(
             RefundCommand(
                 user_id=request.user_id,
                 session_id=request.session_id,
@@ -105,32 +123,34 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             new_balance=result.new_balance,
         )
 
-    def GetBalance(
-        self, request: pb.GetBalanceRequest, context: grpc.ServicerContext
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetBalanceResponse:
-        balance = self._do.get_balance(request.user_id)
+        balance = await self._reads(partial(self._do.get_balance, request.user_id))
         return pb.GetBalanceResponse(user_id=request.user_id, balance=balance)
 
-    def SpendCoins(
-        self, request: pb.SpendCoinsRequest, context: grpc.ServicerContext
+    async def SpendCoins(
+        self, request: pb.SpendCoinsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SpendCoinsResponse:
-        entry = self._do.spend_coins(_coins_command(request))
+        entry = await self._writes(partial(self._do.spend_coins, _coins_command(request)))
         return pb.SpendCoinsResponse(
             transaction=codec.transaction(entry), balance=entry.balance_after
         )
 
-    def GrantCoins(
-        self, request: pb.GrantCoinsRequest, context: grpc.ServicerContext
+    async def GrantCoins(
+        self, request: pb.GrantCoinsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GrantCoinsResponse:
-        entry = self._do.grant_coins(_coins_command(request))
+        entry = await self._writes(partial(self._do.grant_coins, _coins_command(request)))
         return pb.GrantCoinsResponse(
             transaction=codec.transaction(entry), balance=entry.balance_after
         )
 
-    def ListTransactions(
-        self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
+    async def ListTransactions(
+        self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTransactionsResponse:
-        page = self._do.list_transactions(request.user_id, request.page_size, request.page_token)
+        page = await self._reads(partial(
+            self._do.list_transactions, request.user_id, request.page_size, request.page_token
+        ))
         return pb.ListTransactionsResponse(
             transactions=[codec.transaction(entry) for entry in page.entries],
             next_page_token=page.next_page_token,

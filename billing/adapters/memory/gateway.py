@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 from billing.domain.errors import GatewayRejected, GatewayUnavailable
@@ -23,7 +24,7 @@ class _Session:
 
 
 class InMemoryPaymentGateway:
-    """Implements PaymentGateway."""
+    """Implements PaymentGateway (async like the real one; it never waits)."""
 
     def __init__(self, base_url: str = "https://checkout.example.test/c/pay") -> None:
         self._lock = threading.Lock()
@@ -40,7 +41,10 @@ class InMemoryPaymentGateway:
         self.fail_refunds = False  # refunds are accepted, then fail (like 4000000000005126)
 
     # -- the port -------------------------------------------------------------------------
-    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+    def reserve(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # unbounded: BoundedPaymentGateway adds the bound
+
+    async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
         with self._lock:
             self._call("create_checkout")
             replayed = self._replay(params.idempotency_key, params)
@@ -60,12 +64,12 @@ class InMemoryPaymentGateway:
             self._replies[params.idempotency_key] = (params, snapshot)
             return snapshot
 
-    def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
+    async def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
         with self._lock:
             self._call("retrieve_checkout")
             return self._session(session_id).snapshot
 
-    def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+    async def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
         with self._lock:
             self._call("expire_checkout")
             session = self._session(session_id)
@@ -73,7 +77,7 @@ class InMemoryPaymentGateway:
                 session.snapshot = replace(session.snapshot, status="expired")
             return session.snapshot
 
-    def refund(self, params: RefundParams) -> RefundSnapshot:
+    async def refund(self, params: RefundParams) -> RefundSnapshot:
         with self._lock:
             self._call("refund")
             replayed = self._replay(params.idempotency_key, params)
@@ -90,7 +94,7 @@ class InMemoryPaymentGateway:
             self._replies[params.idempotency_key] = (params, refund)
             return refund
 
-    def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
+    async def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
         with self._lock:
             self._call("retrieve_refund")
             try:
@@ -98,7 +102,7 @@ class InMemoryPaymentGateway:
             except KeyError:
                 raise GatewayRejected(f"No such refund: {refund_id!r}") from None
 
-    def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
+    async def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
         with self._lock:
             self._call("undelivered_events")
             return list(self.undelivered[:limit])

@@ -1,4 +1,5 @@
-"""The PaymentGateway port on Stripe, through the official SDK (`stripe.StripeClient`).
+"""The PaymentGateway port on Stripe, through the official SDK's async client
+(`stripe.StripeClient` over aiohttp): a call in flight holds no thread, only a socket.
 
 Every mutating call carries its own Idempotency-Key (`<payment_id>:create`, `<payment_id>:expire`,
 `<refund_key>:refund`) and is rebuilt from our stored row, so a retry replays Stripe's first answer
@@ -8,12 +9,13 @@ errors once, here, with every API key scrubbed from the message.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import logging
 import re
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from billing.domain.payment_events import PaymentEvent
 from billing.ports import CheckoutParams, CheckoutSnapshot, RefundParams, RefundSnapshot
 
 if TYPE_CHECKING:
+    import aiohttp
     import stripe
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,12 @@ def scrub(text: str) -> str:
 
 
 class StripePaymentGateway:
-    """Implements PaymentGateway on the Stripe API."""
+    """Implements PaymentGateway on the Stripe API (bounded and timed by BoundedPaymentGateway).
+
+    The SDK and its HTTP session are made on first use (or by `warm_up`), on the event loop
+    that will use them: importing the SDK takes over half a second, which `billing serve` should
+    not spend before it listens.
+    """
 
     def __init__(
         self,
@@ -54,33 +62,57 @@ class StripePaymentGateway:
         api_base: str | None = None,
         max_network_retries: int = 2,
         timeout_s: float = 20,
+        max_connections: int = 256,
     ) -> None:
         if not api_key:
             raise ValueError("a Stripe API key is required")
         self._options = (api_key, api_base, max_network_retries, timeout_s)
+        self._max_connections = max_connections
         self._sdk: stripe.StripeClient | None = None
-        self._sdk_lock = threading.Lock()
+        self._session: aiohttp.ClientSession | None = None
 
     @property
     def _client(self) -> stripe.StripeClient:
-        """The SDK client, made on first use: importing the SDK takes over half a second, which
-        `billing serve` should not spend before it listens."""
         if self._sdk is None:
-            with self._sdk_lock:
-                if self._sdk is None:
-                    import stripe
+            import ssl
 
-                    api_key, api_base, max_network_retries, timeout_s = self._options
-                    self._sdk = stripe.StripeClient(
-                        api_key,
-                        base_addresses={"api": api_base.rstrip("/")} if api_base else None,
-                        max_network_retries=max_network_retries,
-                        http_client=stripe.RequestsClient(timeout=timeout_s),
-                    )
+            import aiohttp
+            import stripe
+
+            api_key, api_base, max_network_retries, timeout_s = self._options
+            # Our own session: the SDK's default connector allows 100 connections, fewer than
+            # BILLING_STRIPE_MAX_CONCURRENCY calls in flight would need.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
+                )
+            )
+            self._sdk = stripe.StripeClient(
+                api_key,
+                base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+                max_network_retries=max_network_retries,
+                http_client=stripe.AIOHTTPClient(
+                    session=self._session, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                ),
+            )
         return self._sdk
 
+    async def warm_up(self) -> None:
+        """Import the SDK on a thread, then make the client here, on the loop that uses it."""
+        await asyncio.to_thread(importlib.import_module, "stripe")
+        self._client  # noqa: B018  (the property builds it)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._sdk = self._session = None
+
+    def reserve(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # no bound of its own: BoundedPaymentGateway holds the slots
+
     # -- the port ---------------------------------------------------------------------------
-    def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
+    async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
         product: dict[str, Any] = {"name": params.product_name}
         if params.description:  # Stripe refuses an empty description
             product["description"] = params.description
@@ -104,7 +136,7 @@ class StripePaymentGateway:
             "cancel_url": params.cancel_url,
         }
         with _stripe_errors("create a checkout session"):
-            session = self._client.v1.checkout.sessions.create(
+            session = await self._client.v1.checkout.sessions.create_async(
                 params=body,  # type: ignore[arg-type]  # a plain dict of the documented params
                 options={"idempotency_key": params.idempotency_key},
             )
@@ -115,18 +147,18 @@ class StripePaymentGateway:
         )
         return snapshot
 
-    def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
+    async def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
         with _stripe_errors("retrieve the checkout session"):
-            session = self._client.v1.checkout.sessions.retrieve(session_id)
+            session = await self._client.v1.checkout.sessions.retrieve_async(session_id)
         return _checkout_snapshot(session)
 
-    def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
+    async def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
         import stripe
 
         action = "expire the checkout session"
         with _stripe_errors(action):
             try:
-                session = self._client.v1.checkout.sessions.expire(
+                session = await self._client.v1.checkout.sessions.expire_async(
                     session_id, options={"idempotency_key": f"{payment_id}:expire"}
                 )
                 return _checkout_snapshot(session)
@@ -136,12 +168,12 @@ class StripePaymentGateway:
                 refusal = error
         # Stripe refuses (400) to expire a session that is no longer open, paid or expired
         # already: that session, as it is now, is the answer.
-        current = self.retrieve_checkout(session_id)
+        current = await self.retrieve_checkout(session_id)
         if current.status != "open":
             return current
         raise GatewayRejected(f"Stripe refused to {action}: {_stripe_message(refusal)}")
 
-    def refund(self, params: RefundParams) -> RefundSnapshot:
+    async def refund(self, params: RefundParams) -> RefundSnapshot:
         body: dict[str, Any] = {
             "payment_intent": params.payment_intent_id,
             "amount": params.amount.amount_minor,
@@ -153,7 +185,7 @@ class StripePaymentGateway:
             },
         }
         with _stripe_errors("refund the payment"):
-            refund = self._client.v1.refunds.create(
+            refund = await self._client.v1.refunds.create_async(
                 params=body,  # type: ignore[arg-type]
                 options={"idempotency_key": params.idempotency_key},
             )
@@ -165,12 +197,12 @@ class StripePaymentGateway:
         )
         return snapshot
 
-    def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
+    async def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
         with _stripe_errors("retrieve the refund"):
-            refund = self._client.v1.refunds.retrieve(refund_id)
+            refund = await self._client.v1.refunds.retrieve_async(refund_id)
         return _refund_snapshot(refund)
 
-    def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
+    async def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
         """Events whose webhook delivery has not succeeded (yet), translated, oldest first.
 
         GET /v1/events?delivery_success=false, following `has_more` page after page (100 a
@@ -180,10 +212,10 @@ class StripePaymentGateway:
             return []
         events: list[PaymentEvent] = []
         with _stripe_errors("list undelivered events"):
-            first = self._client.v1.events.list(
+            first = await self._client.v1.events.list_async(
                 params={"delivery_success": False, "limit": min(limit, 100)}
             )
-            for event in first.auto_paging_iter():
+            async for event in first.auto_paging_iter():
                 translated = _translated(event.to_dict(recursive=True, for_json=True))
                 if translated is not None:
                     events.append(translated)

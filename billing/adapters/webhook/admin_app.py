@@ -11,23 +11,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from billing.adapters.metrics import Metrics
 from billing.adapters.webhook._http import json_errors
+from billing.ports import Offload
 
 log = logging.getLogger("billing.webhook")
 
 
 def create_admin_app(
-    ready: Callable[[], bool], metrics: Metrics, *, timeout_s: float = 5.0
+    ready: Callable[[], bool],
+    metrics: Metrics,
+    *,
+    timeout_s: float = 5.0,
+    offload: Offload = asyncio.to_thread,
 ) -> web.Application:
     """GET /readyz (200 while `ready()` is true, else 503) and GET /metrics.
 
-    `ready` may block on the database, so it runs in a worker thread; one that raises or takes
-    longer than `timeout_s` counts as not ready.
+    `ready` may block on the database, so it runs through `offload` (a thread pool); one that
+    raises or takes longer than `timeout_s` counts as not ready.
     """
 
     async def readyz(request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
         try:
-            is_ready = await asyncio.wait_for(loop.run_in_executor(None, ready), timeout_s)
+            is_ready = await asyncio.wait_for(offload(ready), timeout_s)
         except Exception as error:  # whatever went wrong, the service is not ready
             log.warning("readiness check failed: %s", type(error).__name__)
             is_ready = False

@@ -33,6 +33,7 @@ from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutComm
 from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
 from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
+from tests.blocking import blocking
 
 from .sql_storm import (
     PaidSession,
@@ -82,7 +83,7 @@ def new_id(prefix: str) -> str:
 def paid_checkout(
     units: UnitRunner, gateway: InMemoryPaymentGateway, user_id: str, package_id: str = "coins_500"
 ) -> PaidSession:
-    created = CreateCheckout(units, gateway, CATALOG)(CreateCheckoutCommand(
+    created = blocking(CreateCheckout(units, gateway, CATALOG))(CreateCheckoutCommand(
         user_id=user_id, package_id=package_id, success_url="https://shop.example/ok",
         cancel_url="https://shop.example/cancel", request_id=new_id("req"),
     ))
@@ -175,9 +176,9 @@ def test_a_mixed_storm_keeps_every_balance_equal_to_its_ledger(
 ) -> None:
     shuffle = random.Random(20260304).shuffle
     users = [new_id("storm") for _ in range(4)]
-    create = CreateCheckout(units, gateway, CATALOG)
+    create = blocking(CreateCheckout(units, gateway, CATALOG))
     apply, spend, grant = ApplyPaymentEvent(units), SpendCoins(units), GrantCoins(units)
-    refund = RefundPayment(units, gateway)
+    refund = blocking(RefundPayment(units, gateway))
 
     # Checkouts first, each request sent twice at once: one session per request.
     requests = [CreateCheckoutCommand(user_id=user, package_id=package,
@@ -257,15 +258,15 @@ def test_the_slower_of_two_concurrent_duplicate_refunds_gets_the_same_answer(
         def __getattr__(self, name: str) -> object:
             return getattr(gateway, name)
 
-        def refund(self, params: RefundParams) -> RefundSnapshot:
-            snapshot = gateway.refund(params)
+        async def refund(self, params: RefundParams) -> RefundSnapshot:
+            snapshot = await gateway.refund(params)
             if not duplicate_answers:
                 duplicate_answers.append(RefundResult(status=PaymentStatus.PENDING,
                                                       coins_debited=0, new_balance=0))
-                duplicate_answers[0] = RefundPayment(units, gateway)(command)
+                duplicate_answers[0] = await RefundPayment(units, gateway)(command)
             return snapshot
 
-    first = RefundPayment(units, DuplicateWhileStripeAnswers())(command)  # type: ignore[arg-type]
+    first = blocking(RefundPayment(units, DuplicateWhileStripeAnswers()))(command)  # type: ignore[arg-type]
 
     assert first == duplicate_answers[0]
 

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stripe_harness import FakeStripeServer, LoopThread, Receiver
-
-from billing.adapters.stripe_gateway import StripePaymentGateway
+from stripe_harness import BlockingGateway, FakeStripeServer, LoopThread, Receiver
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +49,5 @@ def fake(start_fake: Callable[..., FakeStripeServer]) -> FakeStripeServer:
 
 
 @pytest.fixture
-def gateway(fake: FakeStripeServer) -> StripePaymentGateway:
+def gateway(fake: FakeStripeServer) -> BlockingGateway:
     return fake.gateway()

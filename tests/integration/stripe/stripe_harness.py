@@ -165,6 +165,23 @@ class Receiver:
             return list(self.deliveries)
 
 
+class BlockingGateway:
+    """The async StripePaymentGateway, called from a test's thread: each call runs on the
+    harness's loop (where its HTTP session lives) and is waited for."""
+
+    def __init__(self, gateway: StripePaymentGateway, loop: LoopThread) -> None:
+        self.gateway = gateway
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.gateway, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run(method(*args, **kwargs), timeout=WAIT_S * 3)
+
+        return call
+
+
 # -- the fake Stripe ------------------------------------------------------------------------
 class FakeStripeServer:
     """One fake on its own port; stop() and start() again to restart it on the same state."""
@@ -176,6 +193,7 @@ class FakeStripeServer:
         self.webhook_url = webhook_url
         self.options = {"refund_failure_delay_s": 0.05, **options}
         self._runner: web.AppRunner | None = None
+        self._gateways: list[StripePaymentGateway] = []
         self.port = 0
 
     @property
@@ -192,12 +210,17 @@ class FakeStripeServer:
         return self
 
     def stop(self) -> None:
+        for gateway in self._gateways:  # their HTTP sessions
+            self._loop.run(gateway.close())
+        self._gateways.clear()
         if self._runner is not None:
             self._loop.run(self._runner.cleanup())
             self._runner = None
 
-    def gateway(self, api_key: str = API_KEY, **options: Any) -> StripePaymentGateway:
-        return StripePaymentGateway(api_key, api_base=self.api_base, **options)
+    def gateway(self, api_key: str = API_KEY, **options: Any) -> BlockingGateway:
+        gateway = StripePaymentGateway(api_key, api_base=self.api_base, **options)
+        self._gateways.append(gateway)
+        return BlockingGateway(gateway, self._loop)
 
     # -- raw HTTP, for what the gateway does not show -------------------------------------
     def api(self, method: str, path: str, form: dict[str, str] | None = None, *,

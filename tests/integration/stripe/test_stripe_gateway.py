@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from stripe_harness import (
     API_KEY,
+    BlockingGateway,
     FakeStripeServer,
     LoopThread,
     Receiver,
@@ -308,15 +309,17 @@ def test_errors_are_stripe_shaped(fake: FakeStripeServer) -> None:
     assert nowhere.json()["error"]["message"].startswith("Unrecognized request URL")
 
 
-def test_an_unreachable_stripe_is_unavailable() -> None:
+def test_an_unreachable_stripe_is_unavailable(loop_thread: LoopThread) -> None:
     port = free_port()  # nothing listens on it any more
-    gateway = StripePaymentGateway(API_KEY, api_base=f"http://127.0.0.1:{port}",
-                                   max_network_retries=0, timeout_s=2)
+    gateway = BlockingGateway(StripePaymentGateway(API_KEY, api_base=f"http://127.0.0.1:{port}",
+                                                   max_network_retries=0, timeout_s=2),
+                              loop_thread)
 
     with pytest.raises(GatewayUnavailable, match="could not be reached"):
         gateway.retrieve_checkout("cs_test_x")
     with pytest.raises(GatewayUnavailable):
         gateway.create_checkout(checkout_params())
+    gateway.close()
 
 
 @pytest.fixture
@@ -348,13 +351,14 @@ def failing_stripe(loop_thread: LoopThread) -> Iterator[Callable[[int], str]]:
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_server_errors_and_rate_limits_are_unavailable(
-    failing_stripe: Callable[[int], str], status: int
+    failing_stripe: Callable[[int], str], status: int, loop_thread: LoopThread
 ) -> None:
-    gateway = StripePaymentGateway(API_KEY, api_base=failing_stripe(status),
-                                   max_network_retries=0)
+    gateway = BlockingGateway(StripePaymentGateway(API_KEY, api_base=failing_stripe(status),
+                                                   max_network_retries=0), loop_thread)
 
     with pytest.raises(GatewayUnavailable):
         gateway.retrieve_checkout("cs_test_x")
+    gateway.close()
 
 
 # -- events, for reconciliation ---------------------------------------------------------------

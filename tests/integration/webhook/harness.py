@@ -34,6 +34,7 @@ from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment, RefundResult
+from tests.blocking import blocking
 
 from .stripe_events import CheckoutEvents, unique
 
@@ -146,8 +147,8 @@ class ReportingGateway(InMemoryPaymentGateway):
 
     after_refund: Callable[[RefundParams, RefundSnapshot], None] | None = None
 
-    def refund(self, params: RefundParams) -> RefundSnapshot:
-        snapshot = super().refund(params)
+    async def refund(self, params: RefundParams) -> RefundSnapshot:
+        snapshot = await super().refund(params)
         if self.after_refund is not None:
             self.after_refund(params, snapshot)
         return snapshot
@@ -167,8 +168,9 @@ class Service:
         self.database = SwitchableStore(self.store)
         self.units = UnitRunner(self.database, self.clock, self.notifier)
         self.apply_event = ApplyPaymentEvent(self.units)
-        self.create_checkout = CreateCheckout(self.units, self.gateway, default_catalog())
-        self.refund_payment = RefundPayment(self.units, self.gateway)
+        self.create_checkout = blocking(CreateCheckout(self.units, self.gateway,
+                                                       default_catalog()))
+        self.refund_payment = blocking(RefundPayment(self.units, self.gateway))
 
     def checkout(self, user_id: str, package_id: str = "coins_1000") -> CheckoutEvents:
         """A new Checkout Session, and the events Stripe would send about it."""

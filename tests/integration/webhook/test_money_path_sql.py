@@ -19,6 +19,7 @@ from billing.domain.payment import PaymentStatus
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
+from tests.blocking import blocking
 
 from .conftest import NOW, SECRET, StripeSender
 from .harness import Reply, RunningApp
@@ -30,8 +31,8 @@ class SqlService:
         self.store = SqlStore(url, pool_size=25)
         self.units = UnitRunner(self.store, ManualClock(), RecordingNotifier())  # type: ignore[arg-type]
         self.apply_event = ApplyPaymentEvent(self.units)
-        self.create_checkout = CreateCheckout(self.units, InMemoryPaymentGateway(),
-                                              default_catalog())
+        self.create_checkout = blocking(CreateCheckout(self.units, InMemoryPaymentGateway(),
+                                                       default_catalog()))
 
     def checkout(self, user_id: str) -> CheckoutEvents:
         created = self.create_checkout(

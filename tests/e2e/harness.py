@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 from dependency_injector import providers
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from billing.adapters.grpc_api.errors import error_info
 from billing.adapters.memory import InMemoryPaymentGateway
@@ -84,21 +85,48 @@ def service_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 class ControllableGateway(InMemoryPaymentGateway):
-    """The in-memory Stripe, able to be slow or to break like a bug would."""
+    """The in-memory Stripe, able to be slow, to hold calls until released, or to break like a
+    bug would. It runs on the service's event loop; the test drives it from its own thread."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.delay_s = 0.0
+        self.delay_s = 0.0  # before Stripe makes the session
+        self.answer_late_s = 0.0  # after it made it: the answer is what is slow
         self.crash: Exception | None = None
         self.entered = threading.Event()
+        self.holding = False  # calls wait until release()
+        self.waiting = 0  # calls waiting now
+        self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
         self.entered.set()
+        if self.holding:
+            await self._held()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.crash is not None:
             raise self.crash
-        return await super().create_checkout(params)
+        snapshot = await super().create_checkout(params)
+        if self.answer_late_s:
+            await asyncio.sleep(self.answer_late_s)
+        return snapshot
+
+    async def _held(self) -> None:
+        if self._gate is None:
+            self._gate = (asyncio.get_running_loop(), asyncio.Event())
+        self.waiting += 1
+        try:
+            await self._gate[1].wait()
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> None:
+        """Let every held call go on (thread-safe), and hold no more."""
+        self.holding = False
+        if self._gate is not None:
+            loop, gate = self._gate
+            loop.call_soon_threadsafe(gate.set)
+        self._gate = None
 
 
 @dataclass
@@ -237,3 +265,14 @@ def create_request(user_id: str, package_id: str = "coins_500", **fields: str) -
               "cancel_url": CANCEL_URL, "request_id": f"req-{user_id}"}
     values.update(fields)
     return pb.CreateCheckoutSessionRequest(**values)
+
+
+def assert_serving(service: RunningService) -> None:
+    """gRPC health SERVING (overall and BillingService), /healthz and /readyz 200."""
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "billing.v1.BillingService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert http_get(f"{service.http_base}/healthz")[0] == 200
+    assert http_get(f"{service.admin_base}/readyz")[0] == 200

@@ -33,7 +33,6 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -43,6 +42,7 @@ from billing.v1 import billing_pb2 as pb
 from tests.e2e.harness import (
     ADMIN_TOKEN,
     RunningService,
+    assert_serving,
     bearer,
     create_request,
     http_get,
@@ -213,16 +213,6 @@ def world(service: RunningService, stub: Any) -> World:
 def assert_seeded_untouched(stub: Any, world: World) -> None:
     sessions = dict(zip(world.seeded_sessions, world.seeded_users, strict=True))
     assert snapshot(stub, world.seeded_users, sessions) == world.snapshot
-
-
-def assert_serving(service: RunningService) -> None:
-    with grpc.insecure_channel(service.grpc_target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for name in ("", "billing.v1.BillingService"):
-            answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    assert http_get(f"{service.http_base}/healthz")[0] == 200
-    assert http_get(f"{service.admin_base}/readyz")[0] == 200
 
 
 # -- strategies ---------------------------------------------------------------------------------

@@ -35,6 +35,18 @@ def test_defaults_follow_the_design_table():
     assert settings.fake_stripe_port == 12111
     assert settings.fake_stripe_state == Path("var/stripe-fake.db")
     assert settings.fake_stripe_drop_rate == 0
+    assert settings.fake_stripe_latency_ms == 0
+    assert (settings.workers, settings.db_pool_size) == (1, 16)
+    assert (settings.stripe_max_concurrency, settings.stripe_timeout_s) == (256, 30)
+
+
+def test_the_concurrency_variables_are_read():
+    settings = parse({"BILLING_FAKE_STRIPE_LATENCY_MS": "400", "BILLING_WORKERS": "2",
+                      "BILLING_DB_POOL_SIZE": "8", "BILLING_STRIPE_MAX_CONCURRENCY": "64",
+                      "BILLING_STRIPE_TIMEOUT_S": "2.5"})
+    assert (settings.fake_stripe_latency_ms, settings.workers, settings.db_pool_size) == (
+        400, 2, 8)
+    assert (settings.stripe_max_concurrency, settings.stripe_timeout_s) == (64, 2.5)
 
 
 def test_fake_mode_points_the_sdk_at_the_in_process_fake():
@@ -135,6 +147,11 @@ def test_bad_api_tokens_are_refused_naming_the_variable_never_the_token(value, c
         ("BILLING_TLS_CERT", "/no/such/cert.pem"),
         ("BILLING_DATABASE_URL", "billing.db"),
         ("BILLING_HOST", "my host"),
+        ("BILLING_FAKE_STRIPE_LATENCY_MS", "-5"),
+        ("BILLING_WORKERS", "0"),
+        ("BILLING_DB_POOL_SIZE", "many"),
+        ("BILLING_STRIPE_MAX_CONCURRENCY", "0"),
+        ("BILLING_STRIPE_TIMEOUT_S", "0"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name, value):

@@ -98,8 +98,15 @@ def _unrecognized(_: FakeStripe, request: web.Request, __: dict[str, Any]) -> di
 def _api(operation: Operation) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         runtime = request.app[RUNTIME]
-        if runtime.config.latency_s:  # before any work: the answer reflects the state after it
-            await asyncio.sleep(runtime.config.latency_s)
+        runtime.stats.started()
+        try:
+            if runtime.config.latency_s:  # before the work: the answer shows the state after it
+                await asyncio.sleep(runtime.config.latency_s)
+            return await answer(request, runtime)
+        finally:
+            runtime.stats.finished()
+
+    async def answer(request: web.Request, runtime: FakeStripeRuntime) -> web.StreamResponse:
         headers = {
             "Request-Id": new_id("req_", 14),
             "Stripe-Version": request.headers.get("Stripe-Version") or API_VERSION,

@@ -14,6 +14,7 @@ where one was made; errors are Stripe-shaped.
     GET  /_fake/sessions/{id}
     POST /_fake/trigger                  type=EVENT_TYPE&session=cs_... (see TRIGGERS)
     POST /_fake/events/{id}/resend       deliver an event again (as the dashboard's "Resend")
+    GET  /_fake/stats                    API calls answered, in flight now, and most at once
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from billing.devtools.stripe_fake.runtime import RUNTIME
 Action = Callable[[FakeStripe, str, dict[str, Any]], dict[str, Any] | None]
 
 ACTIONS = ("pay", "decline", "expire", "refund", "dispute")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    stats = request.app[RUNTIME].stats
+    return web.json_response({"api_calls": stats.calls, "api_in_flight": stats.in_flight,
+                              "api_max_in_flight": stats.max_in_flight})
 
 
 def _pay(engine: FakeStripe, session_id: str, params: dict[str, Any]) -> None:
@@ -113,6 +120,7 @@ def add_dev_routes(app: web.Application) -> None:
     app.router.add_get("/_fake/sessions/{id}", _show_session)
     app.router.add_post("/_fake/trigger", _trigger)
     app.router.add_post("/_fake/events/{id}/resend", _resend)
+    app.router.add_get("/_fake/stats", _stats)
 
 
 async def _session_action(request: web.Request) -> web.Response:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -418,3 +420,35 @@ def test_delivered_events_are_not_listed_as_undelivered(
     poll_until(lambda: not gateway.undelivered_events(), what="deliveries to be recorded")
     delivered = fake.api("GET", "/v1/events", {"delivery_success": "true"}).json()["data"]
     assert [e["pending_webhooks"] for e in delivered] == [0, 0]
+
+
+# -- a slow Stripe (issue 10) -----------------------------------------------------------------
+def test_the_fakes_latency_delays_every_answer_and_the_sdk_works_unchanged(
+    start_fake: Callable[..., FakeStripeServer],
+) -> None:
+    fake = start_fake(latency_s=0.3)
+    gateway = fake.gateway()
+
+    started = time.monotonic()
+    session = gateway.create_checkout(checkout_params())
+    again = gateway.retrieve_checkout(session.session_id)
+    elapsed = time.monotonic() - started
+
+    assert again.session_id == session.session_id and again.status == "open"
+    assert elapsed >= 0.6  # a lower bound only: two calls, each answered after the latency
+    assert fake.api("GET", "/_fake/stats", key=None).json()["api_calls"] == 2
+
+
+def test_the_sdks_connection_pool_holds_more_calls_than_aiohttps_default_of_100(
+    start_fake: Callable[..., FakeStripeServer], loop_thread: LoopThread,
+) -> None:
+    fake = start_fake(latency_s=1.0)
+    blocking = fake.gateway(max_connections=256)
+    session = blocking.create_checkout(checkout_params())
+
+    async def burst() -> list[str]:
+        calls = [blocking.gateway.retrieve_checkout(session.session_id) for _ in range(150)]
+        return [snapshot.session_id for snapshot in await asyncio.gather(*calls)]
+
+    assert loop_thread.run(burst(), timeout=60) == [session.session_id] * 150
+    assert fake.api("GET", "/_fake/stats", key=None).json()["api_max_in_flight"] == 150

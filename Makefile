@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO := proto/billing/v1/billing.proto
 
-.PHONY: install proto run test lint bench clean distclean
+.PHONY: install proto run test lint check-prometheus bench clean distclean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ lint: $(STAMP)
 	echo "mypy billing"; $(VENV)/bin/mypy billing || status=1; \
 	echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
 	exit $$status
+
+# The alert rules and a real scrape of /metrics through promtool (Debian's `prometheus` package).
+check-prometheus: $(STAMP)
+	$(PY) deploy/prometheus/check_metrics.py
 
 # Benchmarks against same-run local limits (issue 7); never part of `make test`. Needs the local
 # Postgres (127.0.0.1:5432, user postgres), pgbench, and wrk (installed here when missing).

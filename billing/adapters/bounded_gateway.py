@@ -54,6 +54,7 @@ class BoundedPaymentGateway:
         self.timeout_s = timeout_s
         self._metrics = metrics
         self._in_flight = 0  # touched on the event loop only
+        metrics.stripe_limit.set(limit)
 
     @property
     def in_flight(self) -> int:

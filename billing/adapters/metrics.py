@@ -81,6 +81,11 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=r,
         )
+        self.stripe_limit = Gauge(
+            "billing_stripe_calls_limit",
+            "BILLING_STRIPE_MAX_CONCURRENCY: Stripe calls this process lets in flight.",
+            registry=r,
+        )
         self.stripe_shed = Counter(
             "billing_stripe_shed_total",
             "Requests refused with OVERLOADED because BILLING_STRIPE_MAX_CONCURRENCY Stripe calls "

@@ -33,10 +33,18 @@ EXIT_CONFIG = 2
 
 
 class BillingServer:
-    """One run of the service. `run()` returns the exit code; `request_stop()` is thread-safe."""
+    """One run of the service. `run()` returns the exit code; `request_stop()` is thread-safe.
 
-    def __init__(self, container: Container) -> None:
+    `worker` is this process's index among a supervisor's workers (billing/supervisor.py), or
+    None when it serves alone: a worker shares its ports (SO_REUSEPORT), and only worker 0 runs
+    the in-process fake Stripe and the reconcile loop.
+    """
+
+    def __init__(self, container: Container, worker: int | None = None) -> None:
         self._container = container
+        self._worker = worker
+        self._reuse_port = worker is not None
+        self._runs_singletons = worker in (None, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._grpc: GrpcEndpoint | None = None
@@ -82,9 +90,11 @@ class BillingServer:
             self.started.set()
             background = [
                 asyncio.create_task(self._watch_store(), name="store-health"),
-                asyncio.create_task(self._reconcile_forever(), name="reconcile"),
                 asyncio.create_task(self._warm_up(), name="warm-up"),
             ]
+            if self._runs_singletons:
+                background.append(
+                    asyncio.create_task(self._reconcile_forever(), name="reconcile"))
             await self._stop.wait()
             for task in background:
                 task.cancel()
@@ -127,7 +137,7 @@ class BillingServer:
         try:
             grpc_endpoint = await create_grpc_server(
                 servicer, interceptors, container.grpc_credentials(), settings.host,
-                settings.grpc_port,
+                settings.grpc_port, reuse_port=self._reuse_port,
             )
         except RuntimeError as error:
             raise StartupError(str(error)) from None
@@ -144,7 +154,7 @@ class BillingServer:
         await self._serve_app("admin", admin_app, settings.host, settings.admin_port)
         log.info("admin listening on http://%s (/readyz, /metrics)",
                  _address(settings.host, settings.admin_port), extra={"port": settings.admin_port})
-        if settings.runs_fake_in_process:
+        if settings.runs_fake_in_process and self._runs_singletons:
             await self._start_fake_stripe(settings)
         log.info(
             "billing listening: gRPC %s, HTTP %s, admin %s (database %s, %s)",
@@ -158,7 +168,8 @@ class BillingServer:
         runner = web.AppRunner(app, shutdown_timeout=self._settings.shutdown_grace_s)
         await runner.setup()
         self._runners.append((name, runner))
-        await self._bind(name, web.TCPSite(runner, host, port, reuse_port=False).start(), port)
+        site = web.TCPSite(runner, host, port, reuse_port=self._reuse_port)
+        await self._bind(name, site.start(), port)
 
     async def _start_fake_stripe(self, settings: Settings) -> None:
         from billing.devtools.stripe_fake import run_fake
@@ -291,6 +302,15 @@ def _address(host: str, port: int) -> str:
 
 
 def serve(container: Container) -> int:
-    """Run until SIGTERM/SIGINT; the exit code of `billing serve`."""
-    server = BillingServer(container)
+    """Run until SIGTERM/SIGINT; the exit code of `billing serve`. With BILLING_WORKERS > 1 this
+    process supervises that many workers (billing/supervisor.py), each of which comes back here."""
+    from billing import supervisor
+
+    settings: Settings = container.settings()
+    worker = supervisor.worker_index()
+    if worker is None and settings.workers > 1:
+        return supervisor.supervise(settings)
+    if worker is not None:
+        supervisor.die_with_supervisor()
+    server = BillingServer(container, worker)
     return asyncio.run(server.run())

@@ -1,11 +1,19 @@
 """Prometheus metrics of the service, on a registry the composition root owns.
 
 One object, passed to whichever adapter observes something; nothing registered at import time.
+With BILLING_WORKERS > 1 every worker writes its samples to the supervisor's directory
+(prometheus-client's multiprocess mode, chosen by PROMETHEUS_MULTIPROC_DIR when the library is
+imported), and `exposition()` merges all of them: any worker's /metrics answers for the service.
+Each gauge says how its workers' values combine.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -66,12 +74,14 @@ class Metrics:
             registry=r,
         )
         self.parked_events = Gauge(
-            "billing_parked_events", "Inbox events parked after too many attempts.", registry=r
+            "billing_parked_events", "Inbox events parked after too many attempts.", registry=r,
+            multiprocess_mode="livemax",  # one worker reconciles and counts them
         )
         self.stripe_in_flight = Gauge(
             "billing_stripe_calls_in_flight",
             "Stripe calls in flight (slots held, from before the local write to Stripe's answer).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.stripe_latency = Histogram(
             "billing_stripe_call_seconds",
@@ -83,8 +93,10 @@ class Metrics:
         )
         self.stripe_limit = Gauge(
             "billing_stripe_calls_limit",
-            "BILLING_STRIPE_MAX_CONCURRENCY: Stripe calls this process lets in flight.",
+            "BILLING_STRIPE_MAX_CONCURRENCY: Stripe calls each process lets in flight (summed "
+            "over the workers).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.stripe_shed = Counter(
             "billing_stripe_shed_total",
@@ -93,5 +105,16 @@ class Metrics:
             registry=r,
         )
         self.db_pool_in_use = Gauge(
-            "billing_db_pool_in_use", "Database connections checked out.", registry=r
+            "billing_db_pool_in_use", "Database connections checked out.", registry=r,
+            multiprocess_mode="livesum",
         )
+
+    def exposition(self) -> bytes:
+        """The text a Prometheus scrape gets: this process's metrics, or every worker's."""
+        if not os.environ.get(MULTIPROCESS_DIR_ENV):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)

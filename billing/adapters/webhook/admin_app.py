@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from billing.adapters.metrics import Metrics
 from billing.adapters.webhook._http import json_errors
@@ -41,7 +41,7 @@ def create_admin_app(
 
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     app = web.Application(middlewares=[json_errors])

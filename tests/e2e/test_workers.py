@@ -66,8 +66,8 @@ def supervisor(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen
         wait_for(lambda: (len(_children(process.pid)) == WORKERS and _serving(target))
                  or process.poll() is not None, LISTEN_WITHIN_S * 2, "the workers to serve")
         assert process.poll() is None, process.communicate()[1]
+        ports = {int(env[f"BILLING_{name}_PORT"]) for name in ("GRPC", "HTTP", "ADMIN")}
         for child in _children(process.pid):  # every worker listens, not only the first
-            ports = {int(env[f"BILLING_{name}_PORT"]) for name in ("GRPC", "HTTP", "ADMIN")}
             wait_for(lambda child=child: ports <= _listening_ports(child), LISTEN_WITHIN_S,
                      f"worker {child} to listen on {ports}")
         yield process

@@ -148,10 +148,11 @@ def build_fake_stripe_config(settings: Settings) -> Any:
 def build_public_app(
     apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics, lane: Bulkhead
 ) -> web.Application:
-    from billing.adapters.webhook import create_public_app
+    from billing.adapters.webhook import GroupCommit, create_public_app
 
     secrets = [secret.reveal() for secret in settings.stripe_webhook_secrets]
-    app: web.Application = create_public_app(apply_event, secrets, metrics, offload=lane)
+    group_commit = GroupCommit(apply_event.apply_all, lane, metrics)
+    app: web.Application = create_public_app(group_commit.apply, secrets, metrics)
     return app
 
 

@@ -30,6 +30,12 @@ class Metrics:
         self.webhook_latency = Histogram(
             "billing_webhook_latency_seconds", "Time to verify and apply one webhook.", registry=r
         )
+        self.webhook_batch_size = Histogram(
+            "billing_webhook_batch_size",
+            "Webhook events applied in one transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.sessions_final = Counter(
             "billing_sessions_final_total",
             "Payment sessions reaching a status (the payment success rate is COMPLETED over all).",

@@ -7,6 +7,7 @@ session backwards, except a paid completion, which is always credited (rule 3).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,6 +65,35 @@ class ApplyPaymentEvent:
     def __call__(self, event: PaymentEvent, *, replay: bool = False) -> EventApplied:
         """Apply `event` once. `replay` re-applies a stored event whatever its outcome was."""
         return self.units.run(lambda unit: self._apply(unit, event, replay))
+
+    def apply_all(self, events: Sequence[PaymentEvent]) -> list[EventApplied | Exception]:
+        """Apply events that arrived together in one unit of work (one transaction, one commit),
+        each exactly as `__call__` would; the results in the order given.
+
+        Rows are locked session by session in one order (by session, then payment), so two
+        such units running at once take their locks the same way round. If the unit fails for
+        any reason but a lost race (which re-runs it), each event is applied alone instead: one
+        event's problem is never another's.
+        """
+        order = sorted(range(len(events)),
+                       key=lambda i: (events[i].stripe_session_id, events[i].payment_id))
+
+        def together(unit: UnitOfWork) -> list[EventApplied]:
+            applied = {i: self._apply(unit, events[i], False) for i in order}
+            return [applied[i] for i in range(len(events))]
+
+        try:
+            return list(self.units.run(together))
+        except Exception:
+            if len(events) == 1:
+                raise
+        results: list[EventApplied | Exception] = []
+        for event in events:
+            try:
+                results.append(self(event))
+            except Exception as error:  # its own answer: 503 when transient, else 500
+                results.append(error)
+        return results
 
     def _apply(self, unit: UnitOfWork, event: PaymentEvent, replay: bool) -> EventApplied:
         stored = unit.inbox.get(event.event_id)

@@ -1,13 +1,18 @@
+from __future__ import annotations
+
 import itertools
 from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
+from billing.adapters.memory import InMemoryStore
+from billing.adapters.memory.unit_of_work import InMemoryUnitOfWork
+from billing.domain.errors import StoreUnavailable
 from billing.domain.events import LatePaymentCredited, PaymentEventRejected
 from billing.domain.money import Money
 from billing.domain.payment import PaymentStatus
-from billing.domain.payment_events import InboxOutcome, PaymentEvent
+from billing.domain.payment_events import InboxEvent, InboxOutcome, PaymentEvent
 from tests.unit.world import World, checkout_event, paid
 
 COMPLETED, PENDING = PaymentStatus.COMPLETED, PaymentStatus.PENDING
@@ -283,3 +288,65 @@ def test_a_redelivered_parked_event_is_tried_again(world):
         world.deliver(event)
     assert world.store.state.inbox["evt_p"].outcome is InboxOutcome.PARKED
     assert not world.deliver(event).duplicate
+
+
+# -- several events in one unit (group commit) ----------------------------------------------------
+class CountingStore(InMemoryStore):
+    """The in-memory store, counting units; recording the event `refused` fails as a full disk
+    would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.units_opened = 0
+        self.refused = ""
+
+    def __call__(self, *, read_only: bool = False, snapshot: bool = False) -> InMemoryUnitOfWork:
+        self.units_opened += 1
+        return RefusingUnit(self, read_only=read_only or snapshot)
+
+
+class RefusingUnit(InMemoryUnitOfWork):
+    def __enter__(self) -> RefusingUnit:
+        super().__enter__()
+        record, refused = self.inbox.add, self._store.refused  # type: ignore[attr-defined]
+
+        def add(event: InboxEvent) -> None:
+            if event.event_id == refused:
+                raise StoreUnavailable("the disk is full")
+            record(event)
+
+        self.inbox.add = add  # type: ignore[method-assign]
+        return self
+
+
+def test_events_applied_together_answer_as_if_applied_one_by_one():
+    world = World(store=CountingStore())
+    alice, bob = world.checkout("alice"), world.checkout("bob", "coins_100")
+    alice_paid, bob_paid = paid(world, alice), paid(world, bob)
+    events = [bob_paid, alice_paid, alice_paid, checkout_event(world, "expired", bob)]
+    units = world.store.units_opened
+
+    results = world.apply_event.apply_all(events)
+
+    assert world.store.units_opened == units + 1  # one transaction for all four
+    assert [(r.outcome, r.duplicate) for r in results] == [
+        (InboxOutcome.APPLIED, False), (InboxOutcome.APPLIED, False),
+        (InboxOutcome.APPLIED, True), (InboxOutcome.APPLIED, False)]
+    assert (world.balance("alice"), world.balance("bob")) == (1200, 100)
+    assert world.session(bob.session_id).status is COMPLETED  # the late expiry changed nothing
+    world.assert_invariants()
+
+
+def test_an_event_that_fails_the_batch_is_answered_alone_and_the_others_apply():
+    world = World(store=CountingStore())
+    alice, bob = world.checkout("alice"), world.checkout("bob")
+    refused, good = paid(world, bob), paid(world, alice)
+    world.store.refused = refused.event_id
+
+    results = world.apply_event.apply_all([refused, good])
+
+    assert isinstance(results[0], StoreUnavailable)  # its own answer: 503, Stripe retries
+    assert results[1].outcome is InboxOutcome.APPLIED
+    assert (world.balance("alice"), world.balance("bob")) == (1200, 0)
+    assert refused.event_id not in world.store.state.inbox
+    world.assert_invariants()

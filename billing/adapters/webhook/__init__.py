@@ -1,10 +1,12 @@
 """aiohttp apps: Stripe's webhook and liveness (public port); readiness and metrics (admin)."""
 
 from billing.adapters.webhook.admin_app import create_admin_app
+from billing.adapters.webhook.group_commit import GroupCommit
 from billing.adapters.webhook.public_app import WEBHOOK_PATH, create_public_app
 from billing.adapters.webhook.signature import SignatureError, verify_signature
 
 __all__ = [
+    "GroupCommit",
     "WEBHOOK_PATH",
     "SignatureError",
     "create_admin_app",

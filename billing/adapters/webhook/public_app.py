@@ -1,8 +1,8 @@
 """The public port: Stripe's webhook (`POST /api/payment/webhook`) and liveness (`GET /healthz`).
 
 The receiver is thin (STYLE.md 4): read the raw bytes, verify the signature, parse, translate,
-hand the event to the apply-payment-event use case on the webhook's own thread pool (a bulkhead:
-a flood of webhooks queues there, not in front of gRPC calls), map its answer to HTTP.
+hand the event to `apply_event` (in the service: group commit, on the webhook's own thread pool,
+a bulkhead: a flood of webhooks queues there, not in front of gRPC calls), map its answer to HTTP.
 Rule 7 decides the status codes: 200 for whatever was recorded (applied, duplicate, ignored,
 unmatched, rejected), 503 when the store failed (the unit rolled back; Stripe retries), 400 for
 what is not provably Stripe's or cannot be read, and nothing is stored for any of those.
@@ -10,13 +10,11 @@ what is not provably Stripe's or cannot be read, and nothing is stored for any o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from aiohttp import web
 
@@ -31,7 +29,6 @@ from billing.adapters.webhook.signature import (
 )
 from billing.domain.errors import BillingError, ErrorKind
 from billing.domain.payment_events import PaymentEvent
-from billing.ports import Offload
 from billing.use_cases.apply_payment_event import EventApplied
 
 WEBHOOK_PATH = "/api/payment/webhook"
@@ -44,7 +41,8 @@ OTHER_TYPE = "other"
 
 log = logging.getLogger("billing.webhook")
 
-ApplyEvent = Callable[[PaymentEvent], EventApplied]
+# Applies one verified event and answers once it is committed (GroupCommit.apply).
+ApplyEvent = Callable[[PaymentEvent], Awaitable[EventApplied]]
 
 
 def create_public_app(
@@ -52,7 +50,6 @@ def create_public_app(
     webhook_secrets: Sequence[str],
     metrics: Metrics,
     *,
-    offload: Offload = asyncio.to_thread,
     tolerance_s: int = DEFAULT_TOLERANCE_S,
     max_body: int = DEFAULT_MAX_BODY,
     now: Callable[[], float] = time.time,
@@ -60,8 +57,7 @@ def create_public_app(
     secrets = tuple(secret for secret in webhook_secrets if secret)
     if not secrets:
         raise ValueError("the webhook receiver needs at least one webhook secret")
-    receiver = _WebhookReceiver(apply_event, secrets, metrics, tolerance_s, max_body, now,
-                                offload)
+    receiver = _WebhookReceiver(apply_event, secrets, metrics, tolerance_s, max_body, now)
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app.router.add_post(WEBHOOK_PATH, receiver.handle)
     app.router.add_get("/healthz", healthz)
@@ -91,7 +87,6 @@ class _WebhookReceiver:
     tolerance_s: int
     max_body: int
     now: Callable[[], float]
-    offload: Offload
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -147,8 +142,7 @@ class _WebhookReceiver:
         event_type = event.type if event.kind is not None else OTHER_TYPE
         fields = _log_fields(event)
         try:
-            # The use case is synchronous and talks to the database: keep it off the loop.
-            result = await self.offload(partial(self.apply_event, event))
+            result = await self.apply_event(event)
         except BillingError as error:
             if error.kind is not ErrorKind.UNAVAILABLE:
                 return self._failed_permanently(event_type, fields)

@@ -9,7 +9,7 @@ import pytest
 
 from billing.adapters.webhook import create_public_app
 
-from .harness import Reply, RunningApp, Service, request
+from .harness import Reply, RunningApp, Service, committed_by_group, request
 from .stripe_events import encode, stripe_signature
 
 SECRET = "whsec_test_current"
@@ -47,7 +47,8 @@ def service() -> Service:
 @pytest.fixture
 def public_app(service: Service) -> Iterator[RunningApp]:
     app = create_public_app(
-        service.apply_event, [SECRET, OLD_SECRET], service.metrics, now=lambda: float(NOW)
+        committed_by_group(service.apply_event, service.metrics), [SECRET, OLD_SECRET],
+        service.metrics, now=lambda: float(NOW),
     )
     with RunningApp(app) as running:
         yield running

@@ -24,6 +24,8 @@ from billing.adapters.memory import (
     RecordingNotifier,
 )
 from billing.adapters.metrics import Metrics
+from billing.adapters.webhook import GroupCommit
+from billing.adapters.webhook.public_app import ApplyEvent
 from billing.domain.catalog import default_catalog
 from billing.domain.errors import StoreUnavailable
 from billing.domain.ledger import LedgerEntry
@@ -37,6 +39,11 @@ from billing.use_cases.refund_payment import RefundCommand, RefundPayment, Refun
 from tests.blocking import blocking
 
 from .stripe_events import CheckoutEvents, unique
+
+
+def committed_by_group(apply_event: ApplyPaymentEvent, metrics: Metrics) -> ApplyEvent:
+    """What the service gives the webhook app: the use case behind group commit."""
+    return GroupCommit(apply_event.apply_all, asyncio.to_thread, metrics).apply
 
 
 # -- running an app ---------------------------------------------------------------------------

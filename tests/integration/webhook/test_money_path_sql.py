@@ -22,7 +22,7 @@ from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutComm
 from tests.blocking import blocking
 
 from .conftest import NOW, SECRET, StripeSender
-from .harness import Reply, RunningApp
+from .harness import Reply, RunningApp, committed_by_group
 from .stripe_events import CheckoutEvents, unique
 
 
@@ -70,7 +70,8 @@ def sql_service(request: pytest.FixtureRequest) -> Iterator[SqlService]:
 
 @pytest.fixture
 def sql_stripe(sql_service: SqlService) -> Iterator[StripeSender]:
-    app = create_public_app(sql_service.apply_event, [SECRET], Metrics(), now=lambda: float(NOW))
+    app = create_public_app(committed_by_group(sql_service.apply_event, Metrics()), [SECRET],
+                            Metrics(), now=lambda: float(NOW))
     with RunningApp(app) as running:
         yield StripeSender(running.port)
 

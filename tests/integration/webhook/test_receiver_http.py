@@ -14,7 +14,7 @@ from billing.domain.payment import PaymentStatus
 from billing.domain.payment_events import PaymentEvent
 
 from .conftest import NOW, OLD_SECRET, SECRET, WEBHOOK, StripeSender
-from .harness import RunningApp, Service, request
+from .harness import RunningApp, Service, committed_by_group, request
 from .stripe_events import encode, event, stripe_signature
 
 
@@ -114,8 +114,8 @@ def test_a_body_exactly_at_the_limit_is_read():
     service = Service()
     document = service.checkout("alice").completed()
     body = encode(document)
-    app = create_public_app(service.apply_event, [SECRET], service.metrics, max_body=len(body),
-                            now=lambda: float(NOW))
+    app = create_public_app(committed_by_group(service.apply_event, service.metrics), [SECRET],
+                            service.metrics, max_body=len(body), now=lambda: float(NOW))
     with RunningApp(app) as running:
         sender = StripeSender(running.port)
         assert sender.signed(body).status == 200
@@ -149,7 +149,7 @@ def test_a_store_outage_answers_503_keeps_nothing_and_the_retry_applies_once(ser
 
 
 def test_an_unexpected_error_is_a_500_without_details_and_logged_with_the_event_id(caplog):
-    def broken(event: PaymentEvent) -> object:
+    async def broken(event: PaymentEvent) -> object:
         raise RuntimeError("connection string postgresql://billing:hunter2@db")
 
     metrics = Metrics()
@@ -187,7 +187,8 @@ def test_healthz_answers_without_touching_the_store(service, stripe):
 
 def test_the_public_app_needs_a_secret(service):
     with pytest.raises(ValueError, match="secret"):
-        create_public_app(service.apply_event, ["", ""], service.metrics)
+        create_public_app(committed_by_group(service.apply_event, service.metrics), ["", ""],
+                          service.metrics)
 
 
 # -- the admin app --------------------------------------------------------------------------

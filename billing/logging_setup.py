@@ -32,7 +32,12 @@ def redact(text: str) -> str:
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    """The fields passed with `extra=` (found once per record: the filter keeps them)."""
+    found: dict[str, object] | None = getattr(record, "_billing_extra", None)
+    if found is None:
+        found = {k: v for k, v in vars(record).items()
+                 if k not in _STANDARD and not k.startswith("_")}
+    return found
 
 
 class RedactSecrets(logging.Filter):
@@ -41,9 +46,12 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
-        for key, value in extra_fields(record).items():
+        fields = extra_fields(record)
+        for key, value in fields.items():
             if isinstance(value, str):
-                setattr(record, key, redact(value))
+                fields[key] = redact(value)
+                setattr(record, key, fields[key])
+        record._billing_extra = fields
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -92,6 +100,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # No line shows the process or thread: do not pay a system call per record to find them.
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     # aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request
     # and Alembic every migration step: keep their warnings and errors only.
     for noisy in ("aiohttp.access", "alembic", "stripe"):

@@ -8,6 +8,7 @@ provider with `with container.store.override(...)` instead of patching modules.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
 from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases
 from billing.adapters.metrics import Metrics
 from billing.adapters.notifier import LoggingNotifier
+from billing.adapters.refusal_log import RefusalLog
 from billing.adapters.system_clock import SystemClock
 from billing.domain.catalog import Catalog, default_catalog
 from billing.settings import Settings, SettingsError
@@ -134,6 +136,10 @@ def build_fake_stripe_config(settings: Settings) -> Any:
     )
 
 
+def build_refusal_log(logger_name: str) -> RefusalLog:
+    return RefusalLog(logging.getLogger(logger_name))
+
+
 def build_public_app(
     apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics
 ) -> web.Application:
@@ -175,6 +181,10 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(Metrics)
     notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
     clock = providers.Singleton(SystemClock)
+    # Refusals anyone can cause (wrong tokens): counted always, logged a few per minute; the
+    # server ticks them so a last summary is written.
+    rpc_refusals = providers.Singleton(build_refusal_log, "billing.rpc")
+    refusal_logs = providers.List(rpc_refusals)
 
     # -- Storage ------------------------------------------------------------------------------
     store = providers.Singleton(build_sql_store, settings)
@@ -231,7 +241,7 @@ class Container(containers.DeclarativeContainer):
         ),
     )
     api_callers = providers.Singleton(callers_of, settings)
-    interceptors = providers.Singleton(server_interceptors, metrics, api_callers)
+    interceptors = providers.Singleton(server_interceptors, metrics, api_callers, rpc_refusals)
     grpc_credentials = providers.Singleton(build_grpc_credentials, settings)
 
     # -- HTTP edge (the admin app is given its readiness probe by the server) ----------------

@@ -208,6 +208,17 @@ class BillingServer:
             if in_use is not None:
                 with contextlib.suppress(Exception):
                     metrics.db_pool_in_use.set(in_use())
+            self._summarize_refusals(final=False)
+
+    def _summarize_refusals(self, *, final: bool) -> None:
+        """Rate-limited refusal lines: the summary of each minute that has ended (every second,
+        from the loop above), and on the way out the last ones, whatever their age."""
+        for refusals in self._container.refusal_logs():
+            with contextlib.suppress(Exception):
+                if final:
+                    refusals.flush()
+                else:
+                    refusals.tick()
 
     # -- reconciliation ------------------------------------------------------------------------
     async def _reconcile_forever(self) -> None:
@@ -253,6 +264,7 @@ class BillingServer:
             if isinstance(result, BaseException):
                 log.error("error while stopping: %s", result)
         self._runners.clear()
+        self._summarize_refusals(final=True)
         dispose = getattr(self._store, "dispose", None)
         if dispose is not None:
             await loop.run_in_executor(None, dispose)

@@ -20,6 +20,7 @@ import grpc
 
 from billing.adapters.grpc_api.errors import CallRefused, internal_status, status_for
 from billing.adapters.metrics import Metrics
+from billing.adapters.refusal_log import RefusalLog
 from billing.domain.errors import BillingError
 
 SERVICE = "billing.v1.BillingService"
@@ -146,10 +147,16 @@ class AuthInterceptor(_BillingInterceptor):
 
 
 class ObservingInterceptor(_BillingInterceptor):
-    """One log line and two metrics per call; every exception mapped once to a rich status."""
+    """One log line and two metrics per call; every exception mapped once to a rich status.
 
-    def __init__(self, metrics: Metrics) -> None:
+    Except that the auth refusals' lines (CallRefused: no or a wrong token, an RPC outside the
+    token's scopes), which anyone who reaches the port can cause, go through `refusals`: a few
+    per reason and minute, then a summary. They are all counted in billing_rpc_total.
+    """
+
+    def __init__(self, metrics: Metrics, refusals: RefusalLog | None = None) -> None:
         self._metrics = metrics
+        self._refusals = refusals
         self._wrapped = {}
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
@@ -162,11 +169,11 @@ class ObservingInterceptor(_BillingInterceptor):
             started = time.perf_counter()
             response: Any = None
             status: grpc.Status | None = None
-            reason, failure = "", None
+            reason, failure, refusal = "", None, False
             try:
                 response = behavior(request, context)
             except CallRefused as refused:
-                status, reason = refused.status, refused.reason
+                status, reason, refusal = refused.status, refused.reason, True
             except BillingError as error:
                 status, reason = status_for(error), error.reason
             except Exception as bug:  # kept: the log line carries its traceback
@@ -180,7 +187,8 @@ class ObservingInterceptor(_BillingInterceptor):
             calls.labels(rpc, code.name).inc()
             latency.observe(elapsed)
             level = logging.ERROR if failure is not None else logging.INFO
-            if log.isEnabledFor(level):  # the fields cost more than the call's own work
+            if log.isEnabledFor(level) and (not refusal or self._admit(reason, context)):
+                # (the fields cost more than the call's own work)
                 fields = _call_fields(rpc, request, state.caller, code, elapsed)
                 if reason:
                     fields["reason"] = reason
@@ -190,6 +198,19 @@ class ObservingInterceptor(_BillingInterceptor):
             return response
 
         return observed
+
+    def _admit(self, reason: str, context: grpc.ServicerContext) -> bool:
+        return self._refusals is None or self._refusals.admit(reason, _peer_host(context.peer()))
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.5:53211` -> `10.0.0.5`, `ipv6:[::1]:53211` -> `::1`; others as they are."""
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":
+        return address.rpartition(":")[0]
+    if kind == "ipv6":
+        return address.rpartition(":")[0].strip("[]")
+    return peer
 
 
 def _call_fields(
@@ -209,10 +230,10 @@ def _call_fields(
 
 
 def server_interceptors(
-    metrics: Metrics, callers: Sequence[Caller]
+    metrics: Metrics, callers: Sequence[Caller], refusals: RefusalLog | None = None
 ) -> list[grpc.ServerInterceptor]:
     """The interceptors, outermost first; no callers means auth is off."""
-    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(metrics, refusals)]
     if callers:
         interceptors.append(AuthInterceptor(Authenticator(callers)))
     return interceptors

@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from billing.domain.limits import DEFAULT_MAX_COINS
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FAKE_STRIPE_KEY = "sk_test_fake"
 FAKE_WEBHOOK_SECRET = "whsec_dev_only_not_secret"  # public by design: the fake's only
@@ -96,6 +97,13 @@ class Settings:
     db_pool_size: int = 16
     stripe_max_concurrency: int = 256
     stripe_timeout_s: float = 30.0
+    # The public port (the one the internet reaches); the defaults are argued in the README.
+    webhook_allowed_ips: tuple[Network, ...] | None = None  # None: any source
+    webhook_trusted_proxies: tuple[Network, ...] = ()
+    webhook_max_connections: int = 512
+    webhook_header_timeout_s: float = 10.0
+    webhook_body_timeout_s: float = 10.0
+    webhook_keepalive_s: float = 75.0
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -222,6 +230,14 @@ def parse(env: Mapping[str, str]) -> Settings:
         stripe_max_concurrency=read.optional("BILLING_STRIPE_MAX_CONCURRENCY", _positive_int)
         or 256,
         stripe_timeout_s=read.number("BILLING_STRIPE_TIMEOUT_S", 30.0),
+        webhook_allowed_ips=read.optional("BILLING_WEBHOOK_ALLOWED_IPS", _networks),
+        webhook_trusted_proxies=read.optional("BILLING_WEBHOOK_TRUSTED_PROXIES", _networks)
+        or (),
+        webhook_max_connections=read.optional("BILLING_WEBHOOK_MAX_CONNECTIONS", _positive_int)
+        or 512,
+        webhook_header_timeout_s=read.number("BILLING_WEBHOOK_HEADER_TIMEOUT_S", 10.0),
+        webhook_body_timeout_s=read.number("BILLING_WEBHOOK_BODY_TIMEOUT_S", 10.0),
+        webhook_keepalive_s=read.number("BILLING_WEBHOOK_KEEPALIVE_S", 75.0, allow_zero=True),
     )
     ports = {"BILLING_GRPC_PORT": settings.grpc_port, "BILLING_HTTP_PORT": settings.http_port,
              "BILLING_ADMIN_PORT": settings.admin_port}
@@ -403,6 +419,22 @@ def _existing_file(raw: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {raw}")
     return path
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (a bare address is its own /32 or /128)."""
+    networks = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError as error:
+            raise ValueError(f"{error} (expected CIDRs such as 192.0.2.0/24, comma-separated)"
+                             ) from None
+    if not networks:
+        raise ValueError("no CIDR given (unset the variable instead)")
+    return tuple(networks)
 
 
 def _stripe_key(raw: str) -> Secret:

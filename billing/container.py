@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from billing.adapters.sql import SqlStore
     from billing.adapters.stripe_gateway import StripeEventParser, StripePaymentGateway
+    from billing.adapters.webhook import ConnectionGuard
 
 
 class StartupError(Exception):
@@ -141,13 +142,31 @@ def build_refusal_log(logger_name: str) -> RefusalLog:
 
 
 def build_public_app(
-    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics
+    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics, refusals: RefusalLog
 ) -> web.Application:
-    from billing.adapters.webhook import create_public_app
+    from billing.adapters.webhook import SourcePolicy, create_public_app
 
     secrets = [secret.reveal() for secret in settings.stripe_webhook_secrets]
-    app: web.Application = create_public_app(apply_event, secrets, metrics)
+    sources = SourcePolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies)
+    app: web.Application = create_public_app(
+        apply_event, secrets, metrics, refusals=refusals, sources=sources,
+        body_timeout_s=settings.webhook_body_timeout_s,
+    )
     return app
+
+
+def build_public_connections(
+    settings: Settings, metrics: Metrics, refusals: RefusalLog
+) -> ConnectionGuard:
+    from billing.adapters.webhook import ConnectionGuard, ConnectionLimits
+
+    limits = ConnectionLimits(
+        max_connections=settings.webhook_max_connections,
+        header_timeout_s=settings.webhook_header_timeout_s,
+        keepalive_s=settings.webhook_keepalive_s,
+        linger_s=settings.webhook_body_timeout_s,  # an unread body: drained as long as read
+    )
+    return ConnectionGuard(limits, metrics, refusals)
 
 
 def build_admin_app(ready: Callable[[], bool], metrics: Metrics) -> web.Application:
@@ -181,10 +200,11 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(Metrics)
     notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
     clock = providers.Singleton(SystemClock)
-    # Refusals anyone can cause (wrong tokens): counted always, logged a few per minute; the
-    # server ticks them so a last summary is written.
+    # Refusals anyone can cause (forged webhooks, wrong tokens): counted always, logged a few
+    # per minute; the server ticks them so a last summary is written.
+    webhook_refusals = providers.Singleton(build_refusal_log, "billing.webhook")
     rpc_refusals = providers.Singleton(build_refusal_log, "billing.rpc")
-    refusal_logs = providers.List(rpc_refusals)
+    refusal_logs = providers.List(webhook_refusals, rpc_refusals)
 
     # -- Storage ------------------------------------------------------------------------------
     store = providers.Singleton(build_sql_store, settings)
@@ -245,7 +265,12 @@ class Container(containers.DeclarativeContainer):
     grpc_credentials = providers.Singleton(build_grpc_credentials, settings)
 
     # -- HTTP edge (the admin app is given its readiness probe by the server) ----------------
-    public_app = providers.Factory(build_public_app, apply_payment_event, settings, metrics)
+    public_app = providers.Factory(
+        build_public_app, apply_payment_event, settings, metrics, webhook_refusals
+    )
+    public_connections = providers.Factory(
+        build_public_connections, settings, metrics, webhook_refusals
+    )
     admin_app = providers.Factory(build_admin_app, metrics=metrics)
 
 

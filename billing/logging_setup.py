@@ -20,6 +20,9 @@ _SECRET = re.compile(
     r"|\bwhsec_[A-Za-z0-9_]+"
 )
 REDACTED = "[REDACTED]"
+# aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request and
+# Alembic every migration step: their warnings and errors only.
+QUIET_LOGGERS = ("aiohttp.access", "alembic", "stripe")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -92,7 +95,5 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request
-    # and Alembic every migration step: keep their warnings and errors only.
-    for noisy in ("aiohttp.access", "alembic", "stripe"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

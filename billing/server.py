@@ -14,13 +14,16 @@ import logging
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from billing.adapters.grpc_api.server import GrpcEndpoint, create_grpc_server
 from billing.container import Container, StartupError
 from billing.settings import Settings, SettingsError, check_startup_safety
+
+if TYPE_CHECKING:
+    from billing.adapters.webhook import ConnectionGuard
 
 log = logging.getLogger("billing.server")
 
@@ -119,7 +122,7 @@ class BillingServer:
             log.warning("the database does not answer: serving NOT_SERVING until it does")
         # Build everything first, so a configuration error leaves no port half-open.
         servicer, interceptors = container.servicer(), container.interceptors()
-        public_app = container.public_app()
+        public_app, public_connections = container.public_app(), container.public_connections()
         admin_app = container.admin_app(ready=self.ready)
         try:
             self._grpc = create_grpc_server(
@@ -134,7 +137,8 @@ class BillingServer:
             else "plaintext"
         log.info("gRPC listening on %s (%s)", _address(settings.host, self._grpc.port), grpc_mode,
                  extra={"port": self._grpc.port})
-        await self._serve_app("public", public_app, settings.host, settings.http_port)
+        await self._serve_app("public", public_app, settings.host, settings.http_port,
+                              public_connections)
         log.info("webhook listening on http://%s/api/payment/webhook (and /healthz)",
                  _address(settings.host, settings.http_port), extra={"port": settings.http_port})
         await self._serve_app("admin", admin_app, settings.host, settings.admin_port)
@@ -150,11 +154,18 @@ class BillingServer:
             ("Stripe LIVE mode" if settings.live_mode else "Stripe test mode"),
         )
 
-    async def _serve_app(self, name: str, app: web.Application, host: str, port: int) -> None:
-        runner = web.AppRunner(app, shutdown_timeout=self._settings.shutdown_grace_s)
+    async def _serve_app(self, name: str, app: web.Application, host: str, port: int,
+                         guard: ConnectionGuard | None = None) -> None:
+        """Serve `app`; through `guard` (the connection limits) on the public port only: the
+        admin port is internal."""
+        grace = self._settings.shutdown_grace_s
+        runner = (guard.runner(app, shutdown_timeout=grace) if guard is not None
+                  else web.AppRunner(app, shutdown_timeout=grace))
         await runner.setup()
         self._runners.append((name, runner))
-        await self._bind(name, web.TCPSite(runner, host, port, reuse_port=False).start(), port)
+        site = (guard.site(runner, host, port) if guard is not None
+                else web.TCPSite(runner, host, port, reuse_port=False))
+        await self._bind(name, site.start(), port)
 
     async def _start_fake_stripe(self, settings: Settings) -> None:
         from billing.devtools.stripe_fake import run_fake

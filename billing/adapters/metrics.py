@@ -15,12 +15,23 @@ class Metrics:
         self.webhook_events = Counter(
             "billing_webhook_events_total",
             "Webhook requests by event type and outcome (applied, duplicate, ignored, unmatched, "
-            "rejected, rejected_signature, failed_permanent, failed_transient).",
+            "rejected, rejected_signature, rejected_source, failed_permanent, failed_transient).",
             ["type", "outcome"],
             registry=r,
         )
         self.webhook_latency = Histogram(
             "billing_webhook_latency_seconds", "Time to verify and apply one webhook.", registry=r
+        )
+        self.webhook_connections = Gauge(
+            "billing_webhook_open_connections", "Open connections on the public port.", registry=r
+        )
+        self.webhook_connections_closed = Counter(
+            "billing_webhook_connections_closed_total",
+            "Public-port connections the service closed itself: over_limit (refused at once), "
+            "header_timeout, bad_http (a malformed request), idle_reclaimed (an idle keep-alive "
+            "connection closed to make room at the limit).",
+            ["reason"],
+            registry=r,
         )
         self.sessions_final = Counter(
             "billing_sessions_final_total",

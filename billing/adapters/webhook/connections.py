@@ -96,7 +96,7 @@ class ConnectionGuard:
 
         def factory() -> asyncio.Protocol:
             if self._open >= self.limits.max_connections and not self._reclaim_idle():
-                return _Refused(self)
+                return _OverTheLimit(self)
             self._open += 1
             self._metrics.webhook_connections.inc()
             return _GuardedConnection(server(), self)
@@ -226,7 +226,7 @@ class _GuardedConnection(asyncio.Protocol):
         self.close()
 
 
-class _Refused(asyncio.Protocol):
+class _OverTheLimit(asyncio.Protocol):
     """A connection past the cap: closed before anything is read."""
 
     def __init__(self, guard: ConnectionGuard) -> None:

@@ -162,8 +162,10 @@ class _WebhookReceiver:
             return self.refusals.answer(request, refused)
         except ConnectionError:
             raise  # the sender went away mid-request: nobody to answer
-        except Exception:  # a bug before the event could be read: still no details out
-            return self._failed_permanently(UNREAD_TYPE, _log_fields(None))
+        except Exception:  # a bug before the event could be read: still no details out, and
+            # its lines rate-limited like a refusal's (anyone may send what triggers it)
+            logged = self.refusals.log.admit("failed_permanent", request.remote)
+            return self._failed_permanently(UNREAD_TYPE, _log_fields(None), logged=logged)
         finally:
             self.metrics.webhook_latency.observe(time.perf_counter() - started)
 
@@ -196,6 +198,8 @@ class _WebhookReceiver:
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except web.RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not
+            raise _Refused(400, "the body cannot be decoded", "rejected") from None
         except TimeoutError:
             raise _Refused(
                 408, f"the body did not arrive within {self.body_timeout_s:g} s", "rejected"
@@ -232,13 +236,16 @@ class _WebhookReceiver:
             {"received": True, "outcome": result.outcome.value, "duplicate": result.duplicate}
         )
 
-    def _failed_permanently(self, event_type: str, fields: dict[str, str]) -> web.Response:
+    def _failed_permanently(
+        self, event_type: str, fields: dict[str, str], *, logged: bool = True
+    ) -> web.Response:
         self._count(event_type, "failed_permanent")
-        log.exception(
-            "webhook %s %s: failed_permanent, unexpected error applying the event",
-            fields["event_id"] or "(unread)", fields["event_type"],
-            extra={**fields, "outcome": "failed_permanent"},
-        )
+        if logged:
+            log.exception(
+                "webhook %s %s: failed_permanent, unexpected error applying the event",
+                fields["event_id"] or "(unread)", fields["event_type"],
+                extra={**fields, "outcome": "failed_permanent"},
+            )
         return json_error(500, "internal error")
 
     def _count(self, event_type: str, outcome: str) -> None:

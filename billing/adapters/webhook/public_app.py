@@ -160,8 +160,6 @@ class _WebhookReceiver:
             return await self._apply(event)
         except _Refused as refused:
             return self.refusals.answer(request, refused)
-        except ConnectionError:
-            raise  # the sender went away mid-request: nobody to answer
         except Exception:  # a bug before the event could be read: still no details out, and
             # its lines rate-limited like a refusal's (anyone may send what triggers it)
             logged = self.refusals.log.admit("failed_permanent", request.remote)
@@ -200,6 +198,8 @@ class _WebhookReceiver:
             raise too_large from None
         except web.RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not
             raise _Refused(400, "the body cannot be decoded", "rejected") from None
+        except ConnectionError:  # nobody will read the answer; aiohttp would log a traceback
+            raise _Refused(400, "the sender hung up before its body arrived", "rejected") from None
         except TimeoutError:
             raise _Refused(
                 408, f"the body did not arrive within {self.body_timeout_s:g} s", "rejected"

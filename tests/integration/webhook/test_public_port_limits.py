@@ -213,6 +213,18 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_is_clos
         "billing_webhook_events_total", {"type": "unknown", "outcome": "rejected"}) == 1
 
 
+def test_a_sender_hanging_up_mid_body_is_counted_without_a_traceback(service, webhook_lines):
+    with Port(service, limits()) as port:
+        with port.connect() as sock:
+            sock.sendall(HEAD + b"Content-Length: 1000\r\n\r\n" + b"{" * 10)
+        wait_for(lambda: service.metrics.registry.get_sample_value(
+            "billing_webhook_events_total", {"type": "unknown", "outcome": "rejected"}),
+            DEADLINE_S, "the hang-up to be counted")
+    [line] = webhook_lines()
+    assert line.getMessage() == "webhook refused (400): the sender hung up before its body arrived"
+    assert line.levelno == logging.WARNING and not line.exc_info
+
+
 # -- malformed requests --------------------------------------------------------------------------
 def test_malformed_requests_are_counted_and_aiohttp_s_error_lines_rate_limited(
     service, webhook_lines

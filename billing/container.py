@@ -165,6 +165,7 @@ def build_public_connections(
         header_timeout_s=settings.webhook_header_timeout_s,
         keepalive_s=settings.webhook_keepalive_s,
         linger_s=settings.webhook_body_timeout_s,  # an unread body: drained as long as read
+        refusals_per_s=settings.webhook_max_refusals_per_s,
     )
     return ConnectionGuard(limits, metrics, refusals)
 

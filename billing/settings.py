@@ -104,6 +104,7 @@ class Settings:
     webhook_header_timeout_s: float = 10.0
     webhook_body_timeout_s: float = 10.0
     webhook_keepalive_s: float = 75.0
+    webhook_max_refusals_per_s: float = 500.0  # 0: no pace
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -238,6 +239,9 @@ def parse(env: Mapping[str, str]) -> Settings:
         webhook_header_timeout_s=read.number("BILLING_WEBHOOK_HEADER_TIMEOUT_S", 10.0),
         webhook_body_timeout_s=read.number("BILLING_WEBHOOK_BODY_TIMEOUT_S", 10.0),
         webhook_keepalive_s=read.number("BILLING_WEBHOOK_KEEPALIVE_S", 75.0, allow_zero=True),
+        webhook_max_refusals_per_s=read.number(
+            "BILLING_WEBHOOK_MAX_REFUSALS_PER_S", 500.0, allow_zero=True, unit="refusals a second"
+        ),
     )
     ports = {"BILLING_GRPC_PORT": settings.grpc_port, "BILLING_HTTP_PORT": settings.http_port,
              "BILLING_ADMIN_PORT": settings.admin_port}
@@ -337,13 +341,14 @@ class _Reader:
         except (ValueError, OSError) as error:
             raise SettingsError(f"{name}: {error}") from None
 
-    def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+    def number(self, name: str, default: float, *, allow_zero: bool = False,
+               unit: str = "seconds") -> float:
         value = self.optional(name, float)
         if value is None:
             return default
         if not (value > 0 or (allow_zero and value == 0)) or value != value or value > 1e9:
             bound = "zero or more" if allow_zero else "more than zero"
-            raise SettingsError(f"{name}: must be a number of seconds, {bound}")
+            raise SettingsError(f"{name}: must be a number of {unit}, {bound}")
         return value
 
 

@@ -29,8 +29,15 @@ class Metrics:
             "billing_webhook_connections_closed_total",
             "Public-port connections the service closed itself: over_limit (refused at once), "
             "header_timeout, bad_http (a malformed request), idle_reclaimed (an idle keep-alive "
-            "connection closed to make room at the limit).",
+            "connection closed to make room at the limit), held_overflow (a connection sent "
+            "more than 64 KiB while made to wait).",
             ["reason"],
+            registry=r,
+        )
+        self.webhook_refusals_slowed = Counter(
+            "billing_webhook_refusals_slowed_total",
+            "Refused public-port requests past BILLING_WEBHOOK_MAX_REFUSALS_PER_S whose "
+            "connection was made to wait before its next request was read.",
             registry=r,
         )
         self.sessions_final = Counter(

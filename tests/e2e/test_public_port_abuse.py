@@ -136,6 +136,7 @@ def test_a_flood_of_forged_webhooks_and_wrong_tokens_is_counted_not_narrated(
                        ) == FORGED
         assert _metric(service, 'billing_rpc_total{code="UNAUTHENTICATED",method="GetBalance"}'
                        ) == WRONG_TOKENS
+        assert _metric(service, "billing_webhook_refusals_slowed_total") > 0  # and it was paced
 
         with caplog.at_level(logging.INFO):
             caplog.clear()

@@ -39,6 +39,7 @@ def test_defaults_follow_the_design_table():
     assert settings.webhook_max_connections == 512
     assert (settings.webhook_header_timeout_s, settings.webhook_body_timeout_s) == (10, 10)
     assert settings.webhook_keepalive_s == 75
+    assert settings.webhook_max_refusals_per_s == 500
 
 
 def test_the_public_port_settings_are_read():
@@ -49,6 +50,7 @@ def test_the_public_port_settings_are_read():
         "BILLING_WEBHOOK_HEADER_TIMEOUT_S": "2.5",
         "BILLING_WEBHOOK_BODY_TIMEOUT_S": "5",
         "BILLING_WEBHOOK_KEEPALIVE_S": "0",
+        "BILLING_WEBHOOK_MAX_REFUSALS_PER_S": "0",
     })
     assert [str(n) for n in settings.webhook_allowed_ips or ()] == [
         "3.18.12.63/32", "10.0.0.0/8", "2001:db8::/32"]
@@ -56,6 +58,7 @@ def test_the_public_port_settings_are_read():
     assert settings.webhook_max_connections == 64
     assert (settings.webhook_header_timeout_s, settings.webhook_body_timeout_s) == (2.5, 5)
     assert settings.webhook_keepalive_s == 0  # close after each answer
+    assert settings.webhook_max_refusals_per_s == 0  # no pace
 
 
 def test_fake_mode_points_the_sdk_at_the_in_process_fake():
@@ -164,6 +167,7 @@ def test_bad_api_tokens_are_refused_naming_the_variable_never_the_token(value, c
         ("BILLING_WEBHOOK_HEADER_TIMEOUT_S", "0"),
         ("BILLING_WEBHOOK_BODY_TIMEOUT_S", "inf"),
         ("BILLING_WEBHOOK_KEEPALIVE_S", "-1"),
+        ("BILLING_WEBHOOK_MAX_REFUSALS_PER_S", "fast"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name, value):

@@ -15,7 +15,13 @@ app's `on_response_prepare` signal, sent when its answer starts):
   `header_timeout_s` of opening, and of the first byte of each later request; the deadline is
   never extended by the bytes a slow sender trickles in;
 - keep-alive: an idle connection is kept `keepalive_s` (aiohttp's own timer), and an unread
-  request body is drained for at most `linger_s` before the connection is closed.
+  request body is drained for at most `linger_s` before the connection is closed;
+- the refusal pace: past `refusals_per_s` refused requests (4xx answers) a second, after a
+  second's burst, the connection of each further one waits its turn before its next request is
+  read. A keep-alive flood of forged requests then costs a bounded share of the one event loop,
+  whatever its rate, and verified webhooks (never refused) are not slowed by it. What arrives
+  during the wait is held in the guard, up to HELD_BYTES (aiohttp's own flow control is left
+  alone); a waiting connection counts as idle for the cap.
 
 Each closing is counted in `billing_webhook_connections_closed_total{reason}` and its log line
 goes through the refusal log. The body's own deadline is the receiver's (public_app.py): it is
@@ -42,6 +48,11 @@ OVER_LIMIT = "over_limit"
 HEADER_TIMEOUT = "header_timeout"
 BAD_HTTP = "bad_http"
 IDLE_RECLAIMED = "idle_reclaimed"
+HELD_OVERFLOW = "held_overflow"
+
+PACE_BURST_S = 1.0  # refusals answered at full speed before the pace applies: a second's worth
+MAX_WAIT_S = 5.0  # the longest a refused sender's connection is made to wait
+HELD_BYTES = 64 * 1024  # what a waiting connection may send meanwhile (a request or two)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +61,7 @@ class ConnectionLimits:
     header_timeout_s: float
     keepalive_s: float
     linger_s: float
+    refusals_per_s: float = 0.0  # 0: no pace
 
 
 class ConnectionGuard:
@@ -64,6 +76,7 @@ class ConnectionGuard:
         # Connections waiting for a next request that has not begun, oldest first: the ones
         # closed to make room at the cap.
         self._idle: dict[_GuardedConnection, None] = {}
+        self._pace = RefusalPace(limits.refusals_per_s) if limits.refusals_per_s > 0 else None
 
     @property
     def open_connections(self) -> int:
@@ -114,8 +127,14 @@ class ConnectionGuard:
     # -- what connections report ------------------------------------------------------------
     async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
         connection = _guarded(request.transport)
-        if connection is not None:
-            connection.answered()
+        if connection is None:
+            return
+        connection.answered()
+        if self._pace is not None and 400 <= response.status < 500:  # the sender's fault
+            wait = self._pace.wait(asyncio.get_running_loop().time())
+            if wait > 0:
+                self._metrics.webhook_refusals_slowed.inc()
+                connection.hold(wait)
 
     def _became_idle(self, connection: _GuardedConnection) -> None:
         self._idle[connection] = None
@@ -153,6 +172,9 @@ class _GuardedConnection(asyncio.Protocol):
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._open = True
+        self._hold: asyncio.TimerHandle | None = None  # set while the connection waits its turn
+        self._held: list[bytes] = []
+        self._held_bytes = 0
 
     # -- asyncio.Protocol, passed on ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,6 +183,13 @@ class _GuardedConnection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._hold is not None:
+            self._held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > HELD_BYTES:
+                self._guard._closed_by_us(HELD_OVERFLOW)
+                self.close()
+            return
         if self._awaiting_head and self._deadline is None:  # a next request begins
             self._guard._became_busy(self)
             self._expect_head()
@@ -171,9 +200,11 @@ class _GuardedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._hold):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._hold = None
+        self._held.clear()
         if self._open:
             self._open = False
             self._guard._released(self)
@@ -195,6 +226,18 @@ class _GuardedConnection(asyncio.Protocol):
         self._awaiting_head = True
         self._deadline = None
         self._guard._became_idle(self)
+
+    def hold(self, seconds: float) -> None:
+        """Read nothing more from this connection for `seconds` (a refused sender's turn)."""
+        if self._hold is not None:
+            self._hold.cancel()
+        self._hold = asyncio.get_running_loop().call_later(seconds, self._release)
+
+    def _release(self) -> None:
+        self._hold = None
+        held, self._held, self._held_bytes = b"".join(self._held), [], 0
+        if held and self._transport is not None and not self._transport.is_closing():
+            self.data_received(held)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -224,6 +267,20 @@ class _GuardedConnection(asyncio.Protocol):
             _peer(self._transport), self._guard.limits.header_timeout_s,
         )
         self.close()
+
+
+class RefusalPace:
+    """The generic cell rate algorithm: `per_s` refusals a second after a burst of PACE_BURST_S
+    worth; `wait(now)` is how long the connection of the refusal made at `now` must wait."""
+
+    def __init__(self, per_s: float) -> None:
+        self._interval = 1.0 / per_s
+        self._due = 0.0  # when the refusals counted so far would all have been answered
+
+    def wait(self, now: float) -> float:
+        self._due = min(max(self._due, now) + self._interval, now + PACE_BURST_S + MAX_WAIT_S)
+        wait = self._due - now - PACE_BURST_S
+        return wait if wait >= 0.001 else 0.0  # (a wait shorter than a millisecond is none)
 
 
 class _OverTheLimit(asyncio.Protocol):

@@ -9,6 +9,7 @@ anything took.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import select
@@ -16,12 +17,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import pytest
 
 from billing.adapters.metrics import Metrics
 from billing.adapters.refusal_log import RefusalLog
 from billing.adapters.webhook import ConnectionGuard, ConnectionLimits, create_public_app
+from billing.adapters.webhook.connections import HELD_BYTES, MAX_WAIT_S, RefusalPace
 from billing.domain.payment_events import PaymentEvent
 from tests.e2e.harness import wait_for
 
@@ -223,6 +226,59 @@ def test_a_sender_hanging_up_mid_body_is_counted_without_a_traceback(service, we
     [line] = webhook_lines()
     assert line.getMessage() == "webhook refused (400): the sender hung up before its body arrived"
     assert line.levelno == logging.WARNING and not line.exc_info
+
+
+# -- the refusal pace ----------------------------------------------------------------------------
+def test_the_pace_lets_a_second_s_worth_through_then_spaces_refusals_out():
+    pace = RefusalPace(10)
+    assert [pace.wait(100.0) for _ in range(10)] == [0.0] * 10  # the burst
+    assert [pace.wait(100.0) for _ in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert pace.wait(102.4) == 0.0  # time has paid the debt back
+    assert max(pace.wait(103.0) for _ in range(1000)) == pytest.approx(MAX_WAIT_S)
+
+
+def read_answer(reader: BinaryIO) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer (status, body) off a keep-alive socket's reader."""
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return status, reader.read(length)
+
+
+def test_past_the_pace_a_refused_sender_waits_and_what_it_sent_meanwhile_is_kept(service):
+    events = service.checkout("alice")
+    forged = HEAD + b"Stripe-Signature: t=1,v1=00\r\nContent-Length: 2\r\n\r\n{}"
+    with Port(service, limits(refusals_per_s=1)) as port, port.connect() as sock, \
+            sock.makefile("rb") as answers:
+        sock.sendall(forged)
+        assert read_answer(answers)[0] == 400  # within the burst
+        sock.sendall(forged)
+        assert read_answer(answers)[0] == 400  # past it: this connection now waits its turn
+        sock.sendall(forged + signed_request(encode(events.completed())))  # held meanwhile
+        assert read_answer(answers)[0] == 400
+        status, body = read_answer(answers)
+        assert status == 200 and b'"applied"' in body  # nothing sent during the wait is lost
+    assert service.balance("alice") == 1200
+    assert (service.metrics.registry.get_sample_value("billing_webhook_refusals_slowed_total")
+            or 0) >= 1
+    assert service.metrics.registry.get_sample_value(
+        "billing_webhook_events_total", {"type": "unknown", "outcome": "rejected_signature"}) == 3
+
+
+def test_a_waiting_connection_that_sends_too_much_is_closed(service):
+    forged = HEAD + b"Stripe-Signature: t=1,v1=00\r\nContent-Length: 2\r\n\r\n{}"
+    with Port(service, limits(refusals_per_s=0.2)) as port, port.connect() as sock, \
+            sock.makefile("rb") as answers:
+        sock.sendall(forged + forged)
+        assert read_answer(answers)[0] == read_answer(answers)[0] == 400  # then: a wait
+        with contextlib.suppress(OSError):  # closed while it sends: also what this checks
+            sock.sendall(b"x" * (HELD_BYTES + 1))
+        with contextlib.suppress(ConnectionResetError):  # closed with bytes unread: a reset
+            assert answers.read() == b""
+    assert closed(service.metrics, "held_overflow") == 1
 
 
 # -- malformed requests --------------------------------------------------------------------------

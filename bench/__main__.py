@@ -126,7 +126,6 @@ FIGURES = {
 HTTP_LIMIT: list[float] = []
 PG_LIMIT: list[float] = []
 FLOOD_CPU_MS: list[float] = []  # service CPU per refused request, per abuse run
-FLOOD_NET_CPU_MS: list[float] = []  # the same less the legitimate stream's share
 SATURATED: dict[str, list[str]] = {}
 BACKGROUND: list[float] = []  # CPU % used by processes outside the benchmark, per run
 FAILURES: list[str] = []
@@ -375,7 +374,6 @@ def measure_abuse(database: str, folder: Path) -> None:
             FIGURES["flood_legit_p99_ms"].values.append(result.flood_p99_ms)
             FIGURES["flood_legit_p99_ms"].limits.append(result.quiet_p99_ms)
             FLOOD_CPU_MS.append(result.cpu_ms_per_refusal)
-            FLOOD_NET_CPU_MS.append(result.net_cpu_ms_per_refusal)
             for note in result.notes:
                 FAILURES.append(f"abuse run {r}: {note}")
                 log(f"    !! {note}")
@@ -510,8 +508,7 @@ def report(elapsed_s: float) -> None:
     log(header)
     log("-" * len(header))
     side = [("http_limit_req_per_s", HTTP_LIMIT), ("postgres_limit_tx_per_s", PG_LIMIT),
-            ("flood_cpu_ms_per_refused", FLOOD_CPU_MS),
-            ("flood_net_cpu_ms_per_refused", FLOOD_NET_CPU_MS)]
+            ("flood_cpu_ms_per_refused", FLOOD_CPU_MS)]
     for name, values in side:
         log(f"{name:<25} {util.join(values):<24} {fmt(util.median(values)):>9}")
     for figure in FIGURES.values():

@@ -10,9 +10,9 @@ service (SIGTERM: the last refusal summaries are written on the way out). Figure
 - log growth: what the log gained from the flood's start to the service's exit, less the lines
   about the legitimate webhooks (kept in full by design; printed beside it);
 - the legitimate webhooks' p99 during the flood against their quiet p99, each credited once;
-- the service's CPU per refused request: everything it spent during the flood over the
-  refusals counted in its own metrics (the figure), and the same less the legitimate stream's
-  share, at its CPU per webhook in the quiet spell after the flood (printed beside it).
+- the service's CPU per refused request, from a last ALONE_S seconds of the same flood without
+  the legitimate stream (whose CPU would otherwise dwarf it): the service's CPU over the
+  refusals its own metrics counted.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ QUIET_S = 5.0
 CONNECTIONS = 32
 LEGIT_SESSIONS = 12000  # more than one stream can send in 2 * QUIET_S + FLOOD_S
 FORGED_SECRET = "whsec_not_the_service_s_secret"  # a forger's guess
-RUN_S = 2 * QUIET_S + FLOOD_S + 10  # one run with its start, data and stop, roughly
+ALONE_S = 3.0
+RUN_S = 2 * QUIET_S + FLOOD_S + ALONE_S + 10  # one run with its start, data and stop, roughly
 
 
 @dataclass
@@ -42,8 +43,7 @@ class AbuseRun:
     legit_log_kb: float
     quiet_p99_ms: float
     flood_p99_ms: float
-    cpu_ms_per_refusal: float  # gross: the legitimate stream's share included
-    net_cpu_ms_per_refusal: float
+    cpu_ms_per_refusal: float
     refused: int
     flood_per_s: float
     legit_sent: int
@@ -56,8 +56,7 @@ class AbuseRun:
                 f" legitimate p99 {self.flood_p99_ms:.1f} ms vs quiet {self.quiet_p99_ms:.1f} ms"
                 f" (x{self.flood_p99_ms / self.quiet_p99_ms:.2f}); {self.legit_credited}/"
                 f"{self.legit_sent} credited once; {self.cpu_ms_per_refusal:.3f} ms CPU per"
-                f" refused request ({self.net_cpu_ms_per_refusal:.3f} ms less the legitimate"
-                " stream's share)")
+                " refused request (the flood alone)")
 
 
 class LegitStream:
@@ -165,18 +164,20 @@ def run(r: int, database: str, folder: Path, logs: Path) -> AbuseRun:
         refused_before = refused_so_far(svc)
         flood = wrk.Wrk(svc.http_port, forged, FLOOD_S, distinct=False, connections=CONNECTIONS)
         stream.phase = "flood"
-        cpu = util.CpuWindow(groups={"billing serve": [svc.pid]})
         flood.start()
-        cpu.start()
         result = flood.result(timeout_s=FLOOD_S + 60)
-        cpu.stop()
         refused = refused_so_far(svc) - refused_before
         stream.phase = "after"
-        after = util.CpuWindow(groups={"billing serve": [svc.pid]})
-        after.start()
         time.sleep(QUIET_S)
-        after.stop()
         stream.stop()
+        alone_before = refused_so_far(svc)
+        alone = wrk.Wrk(svc.http_port, forged, ALONE_S, distinct=False, connections=CONNECTIONS)
+        cpu = util.CpuWindow(groups={"billing serve": [svc.pid]})
+        alone.start()
+        cpu.start()
+        alone.result(timeout_s=ALONE_S + 60)
+        cpu.stop()
+        alone_refused = refused_so_far(svc) - alone_before
         svc.alive()
         code = svc.stop()
         if code != 0:
@@ -192,16 +193,12 @@ def run(r: int, database: str, folder: Path, logs: Path) -> AbuseRun:
             notes.append(f"{stream.sent} legitimate webhooks sent, {credited[0]} credits for"
                          f" {credited[1]} sessions")
         cpu_s = cpu.result.get("billing serve", 0.0) / 100 * cpu.elapsed
-        after_s = after.result.get("billing serve", 0.0) / 100 * after.elapsed
-        legit_cpu_s = after_s / max(len(stream.latencies["after"]), 1)  # per webhook
-        net_cpu_s = cpu_s - legit_cpu_s * len(stream.latencies["flood"])
         quiet = sorted(stream.latencies["quiet"] + stream.latencies["after"])
         during = sorted(stream.latencies["flood"])
         return AbuseRun(
             log_kb=(written - about_legit) / 1024, legit_log_kb=about_legit / 1024,
             quiet_p99_ms=util.percentile(quiet, 0.99), flood_p99_ms=util.percentile(during, 0.99),
-            cpu_ms_per_refusal=cpu_s * 1000 / max(refused, 1),
-            net_cpu_ms_per_refusal=net_cpu_s * 1000 / max(refused, 1), refused=refused,
+            cpu_ms_per_refusal=cpu_s * 1000 / max(alone_refused, 1), refused=refused,
             flood_per_s=result.per_s, legit_sent=stream.sent, legit_credited=credited[0],
             notes=notes)
     finally:

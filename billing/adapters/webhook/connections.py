@@ -1,5 +1,6 @@
 """Bounds on the public port's connections: how many, how long a request head may take, how
-long an idle one is kept, and how loudly a malformed request is logged.
+long an idle one is kept, how fast refused senders are answered, and how loudly a malformed
+request is logged.
 
 aiohttp has no timeout for reading a request head (it had `slow_request_timeout` long ago). Its
 keep-alive timer, which recent versions also start when a connection opens, is the only bound,
@@ -162,7 +163,7 @@ class ConnectionGuard:
 
 
 class _GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, behind a head deadline."""
+    """aiohttp's protocol for one connection, behind a head deadline and the refusal pace."""
 
     def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
         self._inner = inner

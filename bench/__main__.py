@@ -3,16 +3,17 @@ figure of its local limit; ends with one `bench: NAME value=V limit=L ratio=R ba
 per figure. Exit status 1 if a figure misses its bar or could not be measured.
 
     python -m bench             everything (about 10-15 minutes on 2 cores)
-    python -m bench SECTION...  only some: startup webhook balance spend ledger memory (the
-                                figures of the others print as nan/short)
+    python -m bench SECTION...  only some: startup webhook balance spend ledger memory abuse
+                                (the figures of the others print as nan/short)
     python -m bench profile     py-spy profiles of `billing serve` under the spend, webhook and
                                 GetBalance loads (needs py-spy in the virtualenv)
 
 Limits and service runs alternate (limit run 1, service run 1, limit run 2, ...), so a burst of
 load from elsewhere on the machine hits both sides of a ratio alike. Environment knobs:
 BENCH_DURATION_S (measured seconds per run, default 6), BENCH_RUNS (3), BENCH_MEMORY_REQUESTS
-(200000), BENCH_BUDGET_S (840: the memory run, last, stops early to keep the whole run within
-it), BENCH_MEMORY_MAX_S (a fixed time cap per half of the memory run instead).
+(200000), BENCH_BUDGET_S (840: the memory run, last but for the ~1.5-minute abuse section,
+stops early to keep the whole run within it), BENCH_MEMORY_MAX_S (a fixed time cap per half of
+the memory run instead).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from bench import grpc_bare, grpc_load, pg_limit, service, util, wrk
+from bench import abuse, grpc_bare, grpc_load, pg_limit, service, util, wrk
 from bench.util import fmt, log
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "6"))
@@ -115,10 +116,16 @@ FIGURES = {
     "rss_growth_pct": Figure("rss_growth_pct", "%", 1.0, False, fixed_limit=5.0,
                              limit_name="bar"),
     "startup_s": Figure("startup_s", "s", 1.0, False, fixed_limit=2.0, limit_name="bar"),
+    # Issue 13: a forged flood beside a legitimate webhook stream (bench/abuse.py).
+    "flood_log_growth_kb": Figure("flood_log_growth_kb", "KB", 1.0, False, fixed_limit=20.0,
+                                  limit_name="bar"),
+    "flood_legit_p99_ms": Figure("flood_legit_p99_ms", "ms", 3.0, False,
+                                 limit_name="same stream's quiet p99"),
 }
 # Side figures, shown in the table but not part of the contract's lines.
 HTTP_LIMIT: list[float] = []
 PG_LIMIT: list[float] = []
+FLOOD_CPU_MS: list[float] = []  # service CPU per refused request, per abuse run
 SATURATED: dict[str, list[str]] = {}
 BACKGROUND: list[float] = []  # CPU % used by processes outside the benchmark, per run
 FAILURES: list[str] = []
@@ -357,8 +364,24 @@ def measure_ledger() -> None:
                        " from bench/ledger_pages.py")
 
 
+# -- the public port under abuse (bench/abuse.py) -------------------------------------------------
+def measure_abuse(database: str, folder: Path) -> None:
+    for r in range(1, RUNS + 1):
+        def one(r: int = r) -> None:
+            result = abuse.run(r, database, folder, LOGS)
+            log(f"  [{r}] {result.describe()}")
+            FIGURES["flood_log_growth_kb"].values.append(result.log_kb)
+            FIGURES["flood_legit_p99_ms"].values.append(result.flood_p99_ms)
+            FIGURES["flood_legit_p99_ms"].limits.append(result.quiet_p99_ms)
+            FLOOD_CPU_MS.append(result.cpu_ms_per_refusal)
+            for note in result.notes:
+                FAILURES.append(f"abuse run {r}: {note}")
+                log(f"    !! {note}")
+        guarded(f"abuse run {r}", one)
+
+
 # -- the run ---------------------------------------------------------------------------------------
-SECTIONS = ("startup", "webhook", "balance", "spend", "ledger", "memory")
+SECTIONS = ("startup", "webhook", "balance", "spend", "ledger", "memory", "abuse")
 LOGS = Path(tempfile.gettempdir()) / "bench-last-run"  # the serve logs of the last run
 
 
@@ -464,8 +487,15 @@ def run_all(sections: set[str]) -> None:
             log(f"== memory: RSS of a fresh billing serve after {MEMORY_REQUESTS // 2:,} and"
                 f" {MEMORY_REQUESTS:,} mixed requests")
             left = BUDGET_S - (time.monotonic() - started) - 20
+            if "abuse" in sections:  # it runs after this one: leave it its time
+                left -= RUNS * abuse.RUN_S
             max_s = MEMORY_MAX_S or max(60.0, left / 2)
             guarded("memory", partial(measure_memory, service_db, folder, max_s))
+
+        if "abuse" in sections:
+            log(f"== the public port under abuse: a forged flood (wrk -c{abuse.CONNECTIONS},"
+                f" {abuse.FLOOD_S:.0f}s) beside a legitimate webhook stream, INFO logs")
+            guarded("abuse", partial(measure_abuse, service_db, folder))
     report(time.monotonic() - started)
 
 
@@ -477,7 +507,8 @@ def report(elapsed_s: float) -> None:
              f" {'ratio':>7} {'bar':>10}  verdict"
     log(header)
     log("-" * len(header))
-    side = [("http_limit_req_per_s", HTTP_LIMIT), ("postgres_limit_tx_per_s", PG_LIMIT)]
+    side = [("http_limit_req_per_s", HTTP_LIMIT), ("postgres_limit_tx_per_s", PG_LIMIT),
+            ("flood_cpu_ms_per_refused", FLOOD_CPU_MS)]
     for name, values in side:
         log(f"{name:<25} {util.join(values):<24} {fmt(util.median(values)):>9}")
     for figure in FIGURES.values():

@@ -1,5 +1,6 @@
 """`billing serve` as a subprocess on a throwaway, migrated Postgres database, in fake-Stripe mode,
-on free loopback ports, with logs at WARNING and reconciliation out of the way.
+on free loopback ports, with logs at WARNING (unless told otherwise) and reconciliation out of
+the way.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ TOKEN_NAME = "bench"
 
 
 class Service:
-    def __init__(self, database: str, *, log_path: Path | None = None) -> None:
+    def __init__(self, database: str, *, log_path: Path | None = None,
+                 log_level: str = "WARNING") -> None:
         self.database = database
         self.token = secrets.token_urlsafe(24)
         self.grpc_port, self.http_port = util.free_port(), util.free_port()
@@ -41,7 +43,7 @@ class Service:
             "BILLING_FAKE_STRIPE_PORT": str(self.fake_port),
             "BILLING_FAKE_STRIPE_STATE": str(Path(self._dir.name) / "stripe-fake.db"),
             "BILLING_API_TOKENS": f"{TOKEN_NAME}:{self.token}",
-            "BILLING_LOG_LEVEL": "WARNING",
+            "BILLING_LOG_LEVEL": log_level,
             "BILLING_RECONCILE_INTERVAL_S": "86400",
             "BILLING_RECONCILE_AFTER_S": "86400",
             "BILLING_SHUTDOWN_GRACE_S": "2",

@@ -8,6 +8,7 @@ provider with `with container.store.override(...)` instead of patching modules.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
 from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases, DatabaseLanes
 from billing.adapters.metrics import Metrics
 from billing.adapters.notifier import LoggingNotifier
+from billing.adapters.refusal_log import RefusalLog
 from billing.adapters.system_clock import SystemClock
 from billing.domain.catalog import Catalog, default_catalog
 from billing.settings import Settings, SettingsError
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 
     from billing.adapters.sql import SqlStore
     from billing.adapters.stripe_gateway import StripeEventParser, StripePaymentGateway
+    from billing.adapters.webhook import ConnectionGuard
 
 
 class StartupError(Exception):
@@ -145,15 +148,42 @@ def build_fake_stripe_config(settings: Settings) -> Any:
     )
 
 
+def build_refusal_log(logger_name: str) -> RefusalLog:
+    return RefusalLog(logging.getLogger(logger_name))
+
+
 def build_public_app(
-    apply_event: ApplyPaymentEvent, settings: Settings, metrics: Metrics, lane: Bulkhead
+    apply_event: ApplyPaymentEvent,
+    settings: Settings,
+    metrics: Metrics,
+    lane: Bulkhead,
+    refusals: RefusalLog,
 ) -> web.Application:
-    from billing.adapters.webhook import GroupCommit, create_public_app
+    from billing.adapters.webhook import GroupCommit, SourcePolicy, create_public_app
 
     secrets = [secret.reveal() for secret in settings.stripe_webhook_secrets]
+    sources = SourcePolicy(settings.webhook_allowed_ips, settings.webhook_trusted_proxies)
     group_commit = GroupCommit(apply_event.apply_all, lane, metrics)
-    app: web.Application = create_public_app(group_commit.apply, secrets, metrics)
+    app: web.Application = create_public_app(
+        group_commit.apply, secrets, metrics, refusals=refusals, sources=sources,
+        body_timeout_s=settings.webhook_body_timeout_s,
+    )
     return app
+
+
+def build_public_connections(
+    settings: Settings, metrics: Metrics, refusals: RefusalLog
+) -> ConnectionGuard:
+    from billing.adapters.webhook import ConnectionGuard, ConnectionLimits
+
+    limits = ConnectionLimits(
+        max_connections=settings.webhook_max_connections,
+        header_timeout_s=settings.webhook_header_timeout_s,
+        keepalive_s=settings.webhook_keepalive_s,
+        linger_s=settings.webhook_body_timeout_s,  # an unread body: drained as long as read
+        refusals_per_s=settings.webhook_max_refusals_per_s,
+    )
+    return ConnectionGuard(limits, metrics, refusals)
 
 
 def build_admin_app(
@@ -189,6 +219,11 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(Metrics)
     notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
     clock = providers.Singleton(SystemClock)
+    # Refusals anyone can cause (forged webhooks, wrong tokens): counted always, logged a few
+    # per minute; the server ticks them so a last summary is written.
+    webhook_refusals = providers.Singleton(build_refusal_log, "billing.webhook")
+    rpc_refusals = providers.Singleton(build_refusal_log, "billing.rpc")
+    refusal_logs = providers.List(webhook_refusals, rpc_refusals)
 
     # -- Bulkheads: one thread pool per kind of blocking work ---------------------------------
     read_lane = providers.Singleton(Bulkhead, "db-reads", READ_THREADS)
@@ -267,12 +302,16 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(DatabaseLanes, reads=read_lane, writes=write_lane),
     )
     api_callers = providers.Singleton(callers_of, settings)
-    interceptors = providers.Singleton(server_interceptors, metrics, api_callers)
+    interceptors = providers.Singleton(server_interceptors, metrics, api_callers, rpc_refusals)
     grpc_credentials = providers.Singleton(build_grpc_credentials, settings)
 
     # -- HTTP edge (the admin app is given its readiness probe by the server) ----------------
     public_app = providers.Factory(
-        build_public_app, apply_payment_event, settings, metrics, webhook_lane
+        build_public_app, apply_payment_event, settings, metrics, webhook_lane,
+        webhook_refusals,
+    )
+    public_connections = providers.Factory(
+        build_public_connections, settings, metrics, webhook_refusals
     )
     admin_app = providers.Factory(build_admin_app, metrics=metrics, lane=background_lane)
 

@@ -20,6 +20,9 @@ _SECRET = re.compile(
     r"|\bwhsec_[A-Za-z0-9_]+"
 )
 REDACTED = "[REDACTED]"
+# aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request and
+# Alembic every migration step: their warnings and errors only.
+QUIET_LOGGERS = ("aiohttp.access", "alembic", "stripe")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -102,7 +105,5 @@ def configure_logging(
     root.setLevel(level)
     # No line shows the process or thread: do not pay a system call per record to find them.
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
-    # aiohttp's access log repeats what our own lines say, the Stripe SDK logs every request
-    # and Alembic every migration step: keep their warnings and errors only.
-    for noisy in ("aiohttp.access", "alembic", "stripe"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

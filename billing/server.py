@@ -16,13 +16,16 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from billing.adapters.grpc_api.server import GrpcEndpoint, create_grpc_server
 from billing.container import Container, StartupError
 from billing.settings import Settings, SettingsError, check_startup_safety
+
+if TYPE_CHECKING:
+    from billing.adapters.webhook import ConnectionGuard
 
 log = logging.getLogger("billing.server")
 
@@ -132,7 +135,7 @@ class BillingServer:
             log.warning("the database does not answer: serving NOT_SERVING until it does")
         # Build everything first, so a configuration error leaves no port half-open.
         servicer, interceptors = container.servicer(), container.interceptors()
-        public_app = container.public_app()
+        public_app, public_connections = container.public_app(), container.public_connections()
         admin_app = container.admin_app(ready=self.ready)
         try:
             grpc_endpoint = await create_grpc_server(
@@ -148,7 +151,8 @@ class BillingServer:
             else "plaintext"
         log.info("gRPC listening on %s (%s)", _address(settings.host, grpc_endpoint.port),
                  grpc_mode, extra={"port": grpc_endpoint.port})
-        await self._serve_app("public", public_app, settings.host, settings.http_port)
+        await self._serve_app("public", public_app, settings.host, settings.http_port,
+                              public_connections)
         log.info("webhook listening on http://%s/api/payment/webhook (and /healthz)",
                  _address(settings.host, settings.http_port), extra={"port": settings.http_port})
         await self._serve_app("admin", admin_app, settings.host, settings.admin_port)
@@ -164,11 +168,17 @@ class BillingServer:
             ("Stripe LIVE mode" if settings.live_mode else "Stripe test mode"),
         )
 
-    async def _serve_app(self, name: str, app: web.Application, host: str, port: int) -> None:
-        runner = web.AppRunner(app, shutdown_timeout=self._settings.shutdown_grace_s)
+    async def _serve_app(self, name: str, app: web.Application, host: str, port: int,
+                         guard: ConnectionGuard | None = None) -> None:
+        """Serve `app`; through `guard` (the connection limits) on the public port only: the
+        admin port is internal."""
+        grace = self._settings.shutdown_grace_s
+        runner = (guard.runner(app, shutdown_timeout=grace) if guard is not None
+                  else web.AppRunner(app, shutdown_timeout=grace))
         await runner.setup()
         self._runners.append((name, runner))
-        site = web.TCPSite(runner, host, port, reuse_port=self._reuse_port)
+        site = (guard.site(runner, host, port, reuse_port=self._reuse_port) if guard is not None
+                else web.TCPSite(runner, host, port, reuse_port=self._reuse_port))
         await self._bind(name, site.start(), port)
 
     async def _start_fake_stripe(self, settings: Settings) -> None:
@@ -233,6 +243,17 @@ class BillingServer:
             if in_use is not None:
                 with contextlib.suppress(Exception):
                     metrics.db_pool_in_use.set(in_use())
+            self._summarize_refusals(final=False)
+
+    def _summarize_refusals(self, *, final: bool) -> None:
+        """Rate-limited refusal lines: the summary of each minute that has ended (every second,
+        from the loop above), and on the way out the last ones, whatever their age."""
+        for refusals in self._container.refusal_logs():
+            with contextlib.suppress(Exception):
+                if final:
+                    refusals.flush()
+                else:
+                    refusals.tick()
 
     # -- reconciliation ------------------------------------------------------------------------
     async def _reconcile_forever(self) -> None:
@@ -277,6 +298,7 @@ class BillingServer:
             if isinstance(result, BaseException):
                 log.error("error while stopping: %s", result)
         self._runners.clear()
+        self._summarize_refusals(final=True)
         await self._close_stripe()
         container = self._container
         lanes = [container.read_lane(), container.write_lane(), container.webhook_lane(),

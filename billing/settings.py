@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from billing.domain.limits import DEFAULT_MAX_COINS
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 FAKE_STRIPE_KEY = "sk_test_fake"
 FAKE_WEBHOOK_SECRET = "whsec_dev_only_not_secret"  # public by design: the fake's only
@@ -96,6 +97,14 @@ class Settings:
     db_pool_size: int = 16
     stripe_max_concurrency: int = 256
     stripe_timeout_s: float = 30.0
+    # The public port (the one the internet reaches); the defaults are argued in the README.
+    webhook_allowed_ips: tuple[Network, ...] | None = None  # None: any source
+    webhook_trusted_proxies: tuple[Network, ...] = ()
+    webhook_max_connections: int = 512
+    webhook_header_timeout_s: float = 10.0
+    webhook_body_timeout_s: float = 10.0
+    webhook_keepalive_s: float = 75.0
+    webhook_max_refusals_per_s: float = 500.0  # 0: no pace
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -222,6 +231,17 @@ def parse(env: Mapping[str, str]) -> Settings:
         stripe_max_concurrency=read.optional("BILLING_STRIPE_MAX_CONCURRENCY", _positive_int)
         or 256,
         stripe_timeout_s=read.number("BILLING_STRIPE_TIMEOUT_S", 30.0),
+        webhook_allowed_ips=read.optional("BILLING_WEBHOOK_ALLOWED_IPS", _networks),
+        webhook_trusted_proxies=read.optional("BILLING_WEBHOOK_TRUSTED_PROXIES", _networks)
+        or (),
+        webhook_max_connections=read.optional("BILLING_WEBHOOK_MAX_CONNECTIONS", _positive_int)
+        or 512,
+        webhook_header_timeout_s=read.number("BILLING_WEBHOOK_HEADER_TIMEOUT_S", 10.0),
+        webhook_body_timeout_s=read.number("BILLING_WEBHOOK_BODY_TIMEOUT_S", 10.0),
+        webhook_keepalive_s=read.number("BILLING_WEBHOOK_KEEPALIVE_S", 75.0, allow_zero=True),
+        webhook_max_refusals_per_s=read.number(
+            "BILLING_WEBHOOK_MAX_REFUSALS_PER_S", 500.0, allow_zero=True, unit="refusals a second"
+        ),
     )
     ports = {"BILLING_GRPC_PORT": settings.grpc_port, "BILLING_HTTP_PORT": settings.http_port,
              "BILLING_ADMIN_PORT": settings.admin_port}
@@ -321,13 +341,14 @@ class _Reader:
         except (ValueError, OSError) as error:
             raise SettingsError(f"{name}: {error}") from None
 
-    def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+    def number(self, name: str, default: float, *, allow_zero: bool = False,
+               unit: str = "seconds") -> float:
         value = self.optional(name, float)
         if value is None:
             return default
         if not (value > 0 or (allow_zero and value == 0)) or value != value or value > 1e9:
             bound = "zero or more" if allow_zero else "more than zero"
-            raise SettingsError(f"{name}: must be a number of seconds, {bound}")
+            raise SettingsError(f"{name}: must be a number of {unit}, {bound}")
         return value
 
 
@@ -403,6 +424,22 @@ def _existing_file(raw: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {raw}")
     return path
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (a bare address is its own /32 or /128)."""
+    networks = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError as error:
+            raise ValueError(f"{error} (expected CIDRs such as 192.0.2.0/24, comma-separated)"
+                             ) from None
+    if not networks:
+        raise ValueError("no CIDR given (unset the variable instead)")
+    return tuple(networks)
 
 
 def _stripe_key(raw: str) -> Secret:

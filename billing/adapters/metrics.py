@@ -23,7 +23,7 @@ class Metrics:
         self.webhook_events = Counter(
             "billing_webhook_events_total",
             "Webhook requests by event type and outcome (applied, duplicate, ignored, unmatched, "
-            "rejected, rejected_signature, failed_permanent, failed_transient).",
+            "rejected, rejected_signature, rejected_source, failed_permanent, failed_transient).",
             ["type", "outcome"],
             registry=r,
         )
@@ -34,6 +34,24 @@ class Metrics:
             "billing_webhook_batch_size",
             "Webhook events applied in one transaction (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.webhook_connections = Gauge(
+            "billing_webhook_open_connections", "Open connections on the public port.", registry=r
+        )
+        self.webhook_connections_closed = Counter(
+            "billing_webhook_connections_closed_total",
+            "Public-port connections the service closed itself: over_limit (refused at once), "
+            "header_timeout, bad_http (a malformed request), idle_reclaimed (an idle keep-alive "
+            "connection closed to make room at the limit), held_overflow (a connection sent "
+            "more than 64 KiB while made to wait).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_refusals_slowed = Counter(
+            "billing_webhook_refusals_slowed_total",
+            "Refused public-port requests past BILLING_WEBHOOK_MAX_REFUSALS_PER_S whose "
+            "connection was made to wait before its next request was read.",
             registry=r,
         )
         self.sessions_final = Counter(

@@ -381,6 +381,23 @@ def test_one_log_line_per_call_with_its_ids_and_never_the_token(stub, user, capl
     assert SHOP_TOKEN not in everything and ADMIN_TOKEN not in everything
 
 
+def test_auth_refusals_are_all_counted_but_only_a_few_logged(service, stub, user, caplog):
+    caplog.set_level(logging.INFO, logger="billing.rpc")
+    metric = 'billing_rpc_total{code="UNAUTHENTICATED",method="GetBalance"} '
+
+    def refused_so_far() -> float:
+        text = http_get(f"{service.admin_base}/metrics")[1]
+        return float(text.split(metric, 1)[1].split()[0]) if metric in text else 0.0
+
+    before = refused_so_far()
+    for _ in range(100):
+        _refused(stub.GetBalance, pb.GetBalanceRequest(user_id=user),
+                 metadata=bearer("guessed-token-000"))
+    lines = [r for r in caplog.records if r.name == "billing.rpc" and r.code == "UNAUTHENTICATED"]
+    assert len(lines) <= 5  # per reason and minute; the rest are summarized
+    assert refused_so_far() - before == 100
+
+
 def test_rpc_metrics_are_on_the_admin_port(service, stub, user):
     stub.GetBalance(pb.GetBalanceRequest(user_id=user), metadata=ADMIN, timeout=5)
     status, text = http_get(f"{service.admin_base}/metrics")

@@ -38,6 +38,11 @@ def test_defaults_follow_the_design_table():
     assert settings.fake_stripe_latency_ms == 0
     assert (settings.workers, settings.db_pool_size) == (1, 16)
     assert (settings.stripe_max_concurrency, settings.stripe_timeout_s) == (256, 30)
+    assert settings.webhook_allowed_ips is None and settings.webhook_trusted_proxies == ()
+    assert settings.webhook_max_connections == 512
+    assert (settings.webhook_header_timeout_s, settings.webhook_body_timeout_s) == (10, 10)
+    assert settings.webhook_keepalive_s == 75
+    assert settings.webhook_max_refusals_per_s == 500
 
 
 def test_the_concurrency_variables_are_read():
@@ -47,6 +52,25 @@ def test_the_concurrency_variables_are_read():
     assert (settings.fake_stripe_latency_ms, settings.workers, settings.db_pool_size) == (
         400, 2, 8)
     assert (settings.stripe_max_concurrency, settings.stripe_timeout_s) == (64, 2.5)
+
+
+def test_the_public_port_settings_are_read():
+    settings = parse({
+        "BILLING_WEBHOOK_ALLOWED_IPS": " 3.18.12.63, 10.0.0.0/8 ,2001:db8::/32,",
+        "BILLING_WEBHOOK_TRUSTED_PROXIES": "192.168.0.0/16",
+        "BILLING_WEBHOOK_MAX_CONNECTIONS": "64",
+        "BILLING_WEBHOOK_HEADER_TIMEOUT_S": "2.5",
+        "BILLING_WEBHOOK_BODY_TIMEOUT_S": "5",
+        "BILLING_WEBHOOK_KEEPALIVE_S": "0",
+        "BILLING_WEBHOOK_MAX_REFUSALS_PER_S": "0",
+    })
+    assert [str(n) for n in settings.webhook_allowed_ips or ()] == [
+        "3.18.12.63/32", "10.0.0.0/8", "2001:db8::/32"]
+    assert [str(n) for n in settings.webhook_trusted_proxies] == ["192.168.0.0/16"]
+    assert settings.webhook_max_connections == 64
+    assert (settings.webhook_header_timeout_s, settings.webhook_body_timeout_s) == (2.5, 5)
+    assert settings.webhook_keepalive_s == 0  # close after each answer
+    assert settings.webhook_max_refusals_per_s == 0  # no pace
 
 
 def test_fake_mode_points_the_sdk_at_the_in_process_fake():
@@ -152,6 +176,15 @@ def test_bad_api_tokens_are_refused_naming_the_variable_never_the_token(value, c
         ("BILLING_DB_POOL_SIZE", "many"),
         ("BILLING_STRIPE_MAX_CONCURRENCY", "0"),
         ("BILLING_STRIPE_TIMEOUT_S", "0"),
+        ("BILLING_WEBHOOK_ALLOWED_IPS", "stripe.com"),
+        ("BILLING_WEBHOOK_ALLOWED_IPS", "10.0.0.1/8"),
+        ("BILLING_WEBHOOK_ALLOWED_IPS", ","),
+        ("BILLING_WEBHOOK_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("BILLING_WEBHOOK_MAX_CONNECTIONS", "0"),
+        ("BILLING_WEBHOOK_HEADER_TIMEOUT_S", "0"),
+        ("BILLING_WEBHOOK_BODY_TIMEOUT_S", "inf"),
+        ("BILLING_WEBHOOK_KEEPALIVE_S", "-1"),
+        ("BILLING_WEBHOOK_MAX_REFUSALS_PER_S", "fast"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(name, value):

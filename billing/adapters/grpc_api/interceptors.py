@@ -23,6 +23,7 @@ import grpc
 from billing.adapters import deadlines
 from billing.adapters.grpc_api.errors import CallRefused, internal_status, status_for
 from billing.adapters.metrics import Metrics
+from billing.adapters.refusal_log import RefusalLog
 from billing.domain.errors import BillingError, InvalidField
 
 SERVICE = "billing.v1.BillingService"
@@ -40,6 +41,8 @@ class Undecodable:
     """What arrived instead of a request message: bytes that do not decode as one."""
 
     error: str
+
+
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 
 
@@ -163,10 +166,16 @@ class AuthInterceptor(_BillingInterceptor):
 
 
 class ObservingInterceptor(_BillingInterceptor):
-    """One log line and two metrics per call; every exception mapped once to a rich status."""
+    """One log line and two metrics per call; every exception mapped once to a rich status.
 
-    def __init__(self, metrics: Metrics) -> None:
+    Except that the auth refusals' lines (CallRefused: no or a wrong token, an RPC outside the
+    token's scopes), which anyone who reaches the port can cause, go through `refusals`: a few
+    per reason and minute, then a summary. They are all counted in billing_rpc_total.
+    """
+
+    def __init__(self, metrics: Metrics, refusals: RefusalLog | None = None) -> None:
         self._metrics = metrics
+        self._refusals = refusals
         self._wrapped = {}
 
     def _observe(
@@ -178,12 +187,16 @@ class ObservingInterceptor(_BillingInterceptor):
         started: float,
         reason: str,
         failure: Exception | None,
+        context: Context,
+        *,
+        refusal: bool = False,
     ) -> None:
         elapsed = time.perf_counter() - started
         self._metrics.rpcs.labels(rpc, code.name).inc()
         self._metrics.rpc_latency.labels(rpc).observe(elapsed)
         level = logging.ERROR if failure is not None else logging.INFO
-        if log.isEnabledFor(level):  # the fields cost more than the call's own work
+        # (the fields cost more than the call's own work: built only for a line written)
+        if log.isEnabledFor(level) and (not refusal or self._admit(reason, context)):
             fields = _call_fields(rpc, request, caller, code, elapsed)
             if reason:
                 fields["reason"] = reason
@@ -213,13 +226,13 @@ class ObservingInterceptor(_BillingInterceptor):
             response: Any = None
             status: grpc.Status | None = None
             code = grpc.StatusCode.OK
-            reason, failure = "", None
+            reason, failure, refusal = "", None, False
             try:
                 if isinstance(request, Undecodable):
                     raise InvalidField("request", f"not a valid {rpc} request: {request.error}")
                 response = await behavior(request, context)
             except CallRefused as refused:
-                status, reason = refused.status, refused.reason
+                status, reason, refusal = refused.status, refused.reason, True
             except BillingError as error:
                 status, reason = status_for(error), error.reason
             except asyncio.CancelledError:
@@ -229,7 +242,7 @@ class ObservingInterceptor(_BillingInterceptor):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
-                self._observe(rpc, request, state.caller, code, started, "", None)
+                self._observe(rpc, request, state.caller, code, started, "", None, context)
                 raise
             except Exception as bug:  # kept: the log line carries its traceback
                 status, reason, failure = internal_status(), "INTERNAL", bug
@@ -238,13 +251,27 @@ class ObservingInterceptor(_BillingInterceptor):
                 _current.reset(token)
             if status is not None:
                 code = status.code
-            self._observe(rpc, request, state.caller, code, started, reason, failure)
+            self._observe(rpc, request, state.caller, code, started, reason, failure, context,
+                          refusal=refusal)
             if status is not None:
                 # Raises: ends the call with `status` (grpc-stubs lack this grpc.aio method).
                 await context.abort_with_status(status)  # type: ignore[attr-defined]
             return response
 
         return observed
+
+    def _admit(self, reason: str, context: Context) -> bool:
+        return self._refusals is None or self._refusals.admit(reason, _peer_host(context.peer()))
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:10.0.0.5:53211` -> `10.0.0.5`, `ipv6:[::1]:53211` -> `::1`; others as they are."""
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":
+        return address.rpartition(":")[0]
+    if kind == "ipv6":
+        return address.rpartition(":")[0].strip("[]")
+    return peer
 
 
 def _call_fields(
@@ -264,10 +291,10 @@ def _call_fields(
 
 
 def server_interceptors(
-    metrics: Metrics, callers: Sequence[Caller]
+    metrics: Metrics, callers: Sequence[Caller], refusals: RefusalLog | None = None
 ) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors, outermost first; no callers means auth is off."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics, refusals)]
     if callers:
         interceptors.append(AuthInterceptor(Authenticator(callers)))
     return interceptors

@@ -442,7 +442,7 @@ def test_the_fakes_latency_delays_every_answer_and_the_sdk_works_unchanged(
 def test_the_sdks_connection_pool_holds_more_calls_than_aiohttps_default_of_100(
     start_fake: Callable[..., FakeStripeServer], loop_thread: LoopThread,
 ) -> None:
-    fake = start_fake(latency_s=1.0)
+    fake = start_fake(latency_s=2.0)
     blocking = fake.gateway(max_connections=256)
     session = blocking.create_checkout(checkout_params())
 
@@ -451,4 +451,6 @@ def test_the_sdks_connection_pool_holds_more_calls_than_aiohttps_default_of_100(
         return [snapshot.session_id for snapshot in await asyncio.gather(*calls)]
 
     assert loop_thread.run(burst(), timeout=60) == [session.session_id] * 150
-    assert fake.api("GET", "/_fake/stats", key=None).json()["api_max_in_flight"] == 150
+    # aiohttp's default pool would have held it at 100 at most (150 unless a loaded machine was
+    # slower to send the last ones than the fake to answer the first ones).
+    assert fake.api("GET", "/_fake/stats", key=None).json()["api_max_in_flight"] > 100

@@ -24,7 +24,7 @@ from billing.adapters.memory import (
     RecordingNotifier,
 )
 from billing.adapters.metrics import Metrics
-from billing.adapters.webhook import GroupCommit
+from billing.adapters.webhook import ConnectionGuard, GroupCommit
 from billing.adapters.webhook.public_app import ApplyEvent
 from billing.domain.catalog import default_catalog
 from billing.domain.errors import StoreUnavailable
@@ -48,10 +48,12 @@ def committed_by_group(apply_event: ApplyPaymentEvent, metrics: Metrics) -> Appl
 
 # -- running an app ---------------------------------------------------------------------------
 class RunningApp:
-    """An aiohttp app served on a loopback port by a background thread with its own loop."""
+    """An aiohttp app served on a loopback port by a background thread with its own loop;
+    through `guard` (the public port's connection limits) when one is given."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, guard: ConnectionGuard | None = None) -> None:
         self._app = app
+        self._guard = guard
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="aiohttp-test-server")
@@ -73,10 +75,13 @@ class RunningApp:
         asyncio.set_event_loop(self._loop)
         # Every test has its answers before it stops the server; a short shutdown only cuts the
         # lingering read aiohttp keeps up (10 s) on a connection whose body it refused (413).
-        runner = web.AppRunner(self._app, shutdown_timeout=1.0)
+        guard = self._guard
+        runner = (guard.runner(self._app, shutdown_timeout=1.0) if guard is not None
+                  else web.AppRunner(self._app, shutdown_timeout=1.0))
         try:
             self._loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = (guard.site(runner, "127.0.0.1", 0) if guard is not None
+                    else web.TCPSite(runner, "127.0.0.1", 0))
             self._loop.run_until_complete(site.start())
             self.port = runner.addresses[0][1]
         except BaseException as failure:

@@ -110,6 +110,16 @@ def test_a_chunked_body_over_the_limit_is_a_413(service, stripe):
     assert_nothing_stored(service)
 
 
+def test_a_body_that_cannot_be_decoded_is_a_400_not_a_bug(service, stripe, caplog):
+    with caplog.at_level(logging.INFO, logger="billing.webhook"):
+        reply = stripe.send_raw(b"not gzip at all", f"t={NOW},v1={'a' * 64}",
+                                **{"Content-Encoding": "gzip"})
+    assert reply.status == 400 and reply.json() == {"error": "the body cannot be decoded"}
+    assert count(service.metrics, "rejected", "unknown") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert_nothing_stored(service)
+
+
 def test_a_body_exactly_at_the_limit_is_read():
     service = Service()
     document = service.checkout("alice").completed()

@@ -62,15 +62,12 @@ def load_catalog(settings: Settings) -> Catalog:
         raise SettingsError(f"BILLING_CATALOG: {error}") from None
 
 
-# Connections per pool (writers and readers each have one): the 16 gRPC workers plus the webhook
-# and reconciliation threads never wait for a connection, and none is opened and closed per call.
-POOL_SIZE = 16
-
-
-def build_sql_store(settings: Settings) -> SqlStore:
+def build_sql_store(settings: Settings, metrics: Metrics) -> SqlStore:
+    """Connections per pool (writers and readers each have one): BILLING_DB_POOL_SIZE."""
     from billing.adapters.sql import SqlStore
 
-    return SqlStore(settings.database_url, pool_size=POOL_SIZE)
+    return SqlStore(settings.database_url, pool_size=settings.db_pool_size,
+                    on_round_trip=metrics.db_round_trips.inc)
 
 
 def prepare_database(settings: Settings, store: SqlStore) -> None:
@@ -177,7 +174,7 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
 
     # -- Storage ------------------------------------------------------------------------------
-    store = providers.Singleton(build_sql_store, settings)
+    store = providers.Singleton(build_sql_store, settings, metrics)
     prepare_store = providers.Callable(prepare_database, settings, store)
     units = providers.Singleton(UnitRunner, uow=store, clock=clock, notifier=notifier)
 

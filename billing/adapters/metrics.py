@@ -71,3 +71,8 @@ class Metrics:
         self.db_pool_in_use = Gauge(
             "billing_db_pool_in_use", "Database connections checked out.", registry=r
         )
+        self.db_round_trips = Counter(
+            "billing_db_round_trips_total",
+            "Round trips to the database (each query sent, BEGIN and COMMIT included).",
+            registry=r,
+        )

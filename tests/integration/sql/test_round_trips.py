@@ -20,7 +20,9 @@ from sqlalchemy.pool import NullPool
 
 from billing.adapters.memory import InMemoryPaymentGateway
 from billing.adapters.sql import SqlStore, migrate
+from billing.container import build_container
 from billing.domain.catalog import default_catalog
+from billing.settings import parse
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
 from billing.use_cases.get_balance import GetBalance
@@ -196,3 +198,18 @@ def test_creating_a_checkout_is_two_units_of_two_round_trips(observed: Observed)
     assert counts.round_trips == counts.counted == 4
     assert (counts.commits, counts.rollbacks) == (2, 0)
 
+
+def test_the_service_counts_its_round_trips_in_a_metric_and_sizes_its_pools_by_setting(
+    postgres_url: str,
+) -> None:
+    container = build_container(parse({"BILLING_DATABASE_URL": postgres_url,
+                                       "BILLING_DB_POOL_SIZE": "3"}))
+    store = container.store()
+    metrics = container.metrics()
+    try:
+        assert store.ping()
+        GetBalance(container.units())("anyone")
+        assert metrics.registry.get_sample_value("billing_db_round_trips_total") == 2
+        assert store.engine.pool.size() == store.reader.pool.size() == 3
+    finally:
+        store.dispose()

@@ -174,6 +174,8 @@ def main() -> int:
     parser.add_argument("--only", choices=LOADS)
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="with --only: keep the load going this long (for py-spy)")
+    parser.add_argument("--no-prepared", action="store_true",
+                        help="SqlStore(prepared_statements=False): plain SQL, no PREPARE")
     args = parser.parse_args()
     loads_wanted = (args.only,) if args.only else LOADS
     sessions = args.ops * (args.runs + 1) + 500 + (200_000 if args.seconds else 0)
@@ -190,7 +192,8 @@ def main() -> int:
         trips = {load: round_trips(Loads(counted), probe, load) for load in loads_wanted}
         counted.dispose()
 
-        store = SqlStore(util.sqlalchemy_url(database), pool_size=args.threads)
+        options = {"prepared_statements": False} if args.no_prepared else {}
+        store = SqlStore(util.sqlalchemy_url(database), pool_size=args.threads, **options)
         loads = Loads(store)
         loads.next_session = 1000  # the counted runs used the first sessions
         try:

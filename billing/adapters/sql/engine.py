@@ -78,6 +78,9 @@ def _postgres_engine(
         pool_size=pool_size,
         max_overflow=pool_size // 2,  # a burst may open a few more, closed once returned
         pool_timeout=pool_timeout_s,
+        # In autocommit mode psycopg2's rollback() sends nothing, so the pool's reset on return
+        # would be a call for nothing: the units end their own transactions (connection.py).
+        pool_reset_on_return=None if isolation_level == "AUTOCOMMIT" else "rollback",
         connect_args=connect_args,
     )
 

@@ -11,9 +11,9 @@ commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from billing.adapters.sql.identity import Key, RowCache
 from billing.adapters.sql.repositories.accounts import SqlAccountRepository, SqlLedgerRepository
@@ -26,6 +26,24 @@ if TYPE_CHECKING:
     from billing.adapters.sql.connection import Connector, UnitConnection
     from billing.adapters.sql.repositories import RepositorySql
 
+R = TypeVar("R")
+
+
+class _MadeOnFirstUse(Generic[R]):
+    """A unit's repository, made (with its identity map) the first time it is asked for: a unit
+    uses a few of them. Unlike functools.cached_property, no lock: a unit is one thread's."""
+
+    def __init__(self, make: Callable[[SqlUnitOfWork], R]) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, unit: SqlUnitOfWork, owner: type | None = None) -> R:
+        repository = unit.__dict__[self._name] = self._make(unit)  # found there from now on
+        return repository
+
 
 class SqlUnitOfWork:
     """Implements UnitOfWork. Rolls back unless `commit()` is called.
@@ -33,6 +51,13 @@ class SqlUnitOfWork:
     A writing unit locks what it reads (see engine.py for how, per database). After `commit()` or
     `rollback()` the unit stays usable: the next statement begins a new transaction.
     """
+
+    accounts = _MadeOnFirstUse(SqlAccountRepository)
+    ledger = _MadeOnFirstUse(SqlLedgerRepository)
+    payments = _MadeOnFirstUse(SqlPaymentRepository)
+    refunds = _MadeOnFirstUse(SqlRefundRepository)
+    inbox = _MadeOnFirstUse(SqlEventInbox)
+    idempotency = _MadeOnFirstUse(SqlIdempotencyStore)
 
     def __init__(
         self,
@@ -54,12 +79,6 @@ class SqlUnitOfWork:
         self.reserved_seqs: dict[str, int] = {}
         self._connection: UnitConnection | None = None
         self._committed = False
-        self.accounts = SqlAccountRepository(self)
-        self.ledger = SqlLedgerRepository(self)
-        self.payments = SqlPaymentRepository(self)
-        self.refunds = SqlRefundRepository(self)
-        self.inbox = SqlEventInbox(self)
-        self.idempotency = SqlIdempotencyStore(self)
 
     def __enter__(self) -> Self:
         self._connection = self._connector.open(read_only=self.read_only and not self._snapshot,

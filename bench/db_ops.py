@@ -23,15 +23,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-
-import psycopg2
+from datetime import UTC, datetime, timedelta
 
 from bench import util
 from billing.adapters.memory import RecordingNotifier
 from billing.adapters.sql import SqlStore
 from billing.adapters.system_clock import SystemClock
 from billing.domain.money import Money
+from billing.domain.payment import PaymentSession
 from billing.domain.payment_events import EventKind, PaymentEvent
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.apply_payment_event import ApplyPaymentEvent
@@ -44,30 +43,22 @@ PRICE = Money("USD", 499)
 LOADS = ("credit", "spend", "balance")
 
 
-def seed(database: str, sessions: int) -> None:
-    connection = psycopg2.connect(util.pg_dsn(database))
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO accounts (user_id, balance)"
-                " SELECT 'u' || lpad(n::text, 4, '0'), 1000000000 FROM generate_series(0, %s - 1)"
-                " AS n", (USERS,))
-            cursor.execute(
-                "INSERT INTO payments (payment_id, user_id, request_id, package_id, coins, bonus,"
-                " amount_minor, currency, success_url, cancel_url, expires_at, created_at,"
-                " updated_at, status, stripe_session_id, checkout_url, payment_intent_id,"
-                " coins_credited, coins_refunded)"
-                " SELECT 'pay_b' || n, 'u' || lpad((n %% %s)::text, 4, '0'), 'req' || n,"
-                " 'coins_500', 500, 50, %s, %s, 'https://shop.example/ok',"
-                " 'https://shop.example/cancel', now() + interval '1 hour', now(), now(),"
-                " 'PENDING', 'cs_b' || n, 'https://checkout.example/' || n, NULL, 0, 0"
-                " FROM generate_series(0, %s - 1) AS n",
-                (USERS, PRICE.amount_minor, PRICE.currency, sessions))
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute("VACUUM ANALYZE")
-    finally:
-        connection.close()
+def seed(store: SqlStore, database: str, sessions: int) -> None:
+    """USERS accounts with plenty of coins, and `sessions` PENDING checkouts spread over them."""
+    util.seed_accounts(database, USERS, 1_000_000_000)
+    now = datetime.now(UTC)
+    for first in range(0, sessions, 1000):
+        with store() as unit:
+            for n in range(first, min(first + 1000, sessions)):
+                unit.payments.add(PaymentSession(
+                    payment_id=f"pay_b{n}", user_id=util.user_id(n % USERS), request_id=f"req{n}",
+                    package_id="coins_500", coins=500, bonus=50, amount=PRICE,
+                    success_url="https://shop.example/ok",
+                    cancel_url="https://shop.example/cancel", expires_at=now + timedelta(hours=1),
+                    created_at=now, updated_at=now, stripe_session_id=f"cs_b{n}",
+                    checkout_url=f"https://checkout.example/{n}",
+                ))
+            unit.commit()
 
 
 class Loads:
@@ -178,17 +169,17 @@ def main() -> int:
                         help="SqlStore(prepared_statements=False): plain SQL, no PREPARE")
     args = parser.parse_args()
     loads_wanted = (args.only,) if args.only else LOADS
-    sessions = args.ops * (args.runs + 1) + 500 + (200_000 if args.seconds else 0)
+    sessions = args.ops * (args.runs + 1) + 500 + (50_000 if args.seconds else 0)
     import billing
 
     util.log(f"billing from {billing.__file__}; {args.threads} threads, {args.ops} ops x "
              f"{args.runs} runs")
     with util.throwaway_database("dbops") as database:
         util.migrate(database)
-        seed(database, sessions)
         counted = SqlStore(util.sqlalchemy_url(database), pool_size=2)
         probe = DriverProbe()
         probe.attach(counted.engine, counted.reader)
+        seed(counted, database, sessions)
         trips = {load: round_trips(Loads(counted), probe, load) for load in loads_wanted}
         counted.dispose()
 

@@ -33,7 +33,7 @@ import itertools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -47,6 +47,7 @@ from billing.adapters.sql.statements import Row, Statement
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any]
+B = TypeVar("B")
 
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 _OPEN = frozenset({psycopg2.extensions.TRANSACTION_STATUS_INTRANS,
@@ -160,7 +161,20 @@ class _Prepared:
         self.uncertain = False  # a round trip carrying PREPARE failed: DEALLOCATE ALL first
 
 
-class PostgresConnection:
+class _Pooled(Generic[B]):
+    """A connection checked out of the pool for one unit, and how that unit begins."""
+
+    def __init__(self, pooled: PoolProxiedConnection, begin: B, count: Callable[[], None]
+                 ) -> None:
+        self._pooled = pooled
+        self._raw: Any = pooled.dbapi_connection
+        self._cursor: Any = pooled.cursor()
+        self._begin = begin
+        self._count = count
+        self._begun = False  # BEGIN is pending or was sent, and the transaction not ended
+
+
+class PostgresConnection(_Pooled[bytes | None]):
     """Implements UnitConnection for psycopg2 (see the module's docstring)."""
 
     _scans = itertools.count(1)
@@ -173,14 +187,9 @@ class PostgresConnection:
         prepare: bool,
         count: Callable[[], None],
     ) -> None:
-        self._pooled = pooled
-        self._raw: Any = pooled.dbapi_connection
-        self._cursor: Any = pooled.cursor()
+        super().__init__(pooled, begin, count)
         self._engine = engine
-        self._begin = begin
-        self._count = count
         self._pending: list[bytes] = []
-        self._begun = False  # BEGIN is pending or was sent, and the transaction not ended
         self._valid = True
         self._prepared: _Prepared | None = None
         self._preparing: set[str] = set()  # PREPAREs rendered, not yet acknowledged
@@ -250,7 +259,7 @@ class PostgresConnection:
     def rollback(self) -> None:
         self._discard_pending()
         if self._valid and self._raw.info.transaction_status in _OPEN:
-            self._send_pending([b"ROLLBACK"])
+            self._send(b"ROLLBACK")
 
     def close(self) -> None:
         try:
@@ -258,7 +267,7 @@ class PostgresConnection:
             if self._valid:
                 status = None if self._raw.closed else self._raw.info.transaction_status
                 if status in _OPEN:
-                    self._send_pending([b"ROLLBACK"])
+                    self._send(b"ROLLBACK")  # a DEALLOCATE ALL due waits for the next unit
                 elif status != _IDLE:  # broken, or a statement still running
                     self._invalidate(None)
         except Exception:
@@ -290,25 +299,28 @@ class PostgresConnection:
         self._preparing.add(name)
         return statement.prepare + b";" + execute
 
-    def _send_pending(self, parts: list[bytes] | None = None, *, committing: bool = False) -> None:
-        if parts is None:
-            parts, self._pending = self._pending, []
-        if self._deallocate:
+    def _send_pending(self, *, committing: bool = False) -> None:
+        parts, self._pending = self._pending, []
+        deallocating = self._deallocate
+        if deallocating:
             parts.insert(0, b"DEALLOCATE ALL")
+        self._send(b";".join(parts), committing=committing)
+        if self._prepared is not None:
+            self._prepared.names |= self._preparing
+            self._preparing.clear()
+            if deallocating:
+                self._deallocate = self._prepared.uncertain = False
+
+    def _send(self, query: bytes, *, committing: bool = False) -> None:
         self._count()
         try:
-            self._cursor.execute(b";".join(parts))
+            self._cursor.execute(query)
         except psycopg2.Error as error:
             lost = self._failed(error)
             translated = translate(error, lost=lost, committing=committing)
             if translated is None:
                 raise
             raise translated from error
-        if self._prepared is not None:
-            self._prepared.names |= self._preparing
-            self._preparing.clear()
-            if self._deallocate:
-                self._deallocate = self._prepared.uncertain = False
 
     def _failed(self, error: psycopg2.Error) -> bool:
         """Bookkeeping after a failed round trip; True when the connection is lost."""
@@ -334,17 +346,8 @@ class PostgresConnection:
         self._engine.pool._invalidate(self._pooled, error)
 
 
-class SqliteConnection:
+class SqliteConnection(_Pooled[str]):
     """Implements UnitConnection for sqlite3: statement by statement, in-process."""
-
-    def __init__(self, pooled: PoolProxiedConnection, begin: str,
-                 count: Callable[[], None]) -> None:
-        self._pooled = pooled
-        self._raw: Any = pooled.dbapi_connection
-        self._cursor: Any = pooled.cursor()
-        self._begin = begin
-        self._count = count
-        self._begun = False
 
     def begin(self) -> None:
         if not self._begun:

@@ -6,7 +6,7 @@ statements that survive failures and reconnects."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from billing.domain.ledger import LedgerEntry, TransactionType
 from billing.domain.money import Money
 from billing.domain.payment import PaymentSession, PaymentStatus
 from billing.domain.payment_events import InboxEvent, InboxOutcome
-from billing.ports import IdempotencyRecord
+from billing.ports import IdempotencyRecord, UnitOfWork
 from billing.use_cases.get_balance import GetBalance
 
 from .driver import DriverProbe
@@ -47,6 +47,12 @@ def store(postgres_url: str, probe: DriverProbe) -> Iterator[SqlStore]:
     probe.attach(watched.engine, watched.reader)
     yield watched
     watched.dispose()
+
+
+def committed(store: SqlStore, work: Callable[[UnitOfWork], object]) -> None:
+    with store() as unit:
+        work(unit)
+        unit.commit()
 
 
 def query(postgres_url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
@@ -82,9 +88,7 @@ def test_a_row_a_writer_loaded_is_served_by_every_key_without_a_round_trip(
     store: SqlStore, probe: DriverProbe,
 ) -> None:
     payment = a_payment()
-    with store() as unit:
-        unit.payments.add(payment)
-        unit.commit()
+    committed(store, lambda unit: unit.payments.add(payment))
 
     with store() as unit:
         found = unit.payments.by_stripe_session(payment.stripe_session_id)
@@ -126,9 +130,7 @@ def test_a_save_writes_only_the_columns_that_changed_and_nothing_when_none_did(
     store: SqlStore, probe: DriverProbe, postgres_url: str,
 ) -> None:
     payment = a_payment()
-    with store() as unit:
-        unit.payments.add(payment)
-        unit.commit()
+    committed(store, lambda unit: unit.payments.add(payment))
 
     with store() as unit:
         unchanged = unit.payments.by_payment_id(payment.payment_id)
@@ -154,9 +156,7 @@ def test_writes_ride_on_the_next_read_and_a_failing_one_surfaces_there(
     store: SqlStore, probe: DriverProbe,
 ) -> None:
     event = an_event()
-    with store() as unit:
-        unit.inbox.add(event)
-        unit.commit()
+    committed(store, lambda unit: unit.inbox.add(event))
 
     with store() as unit:
         unit.inbox.add(replace(event, type="refund.created"))  # another unit's key
@@ -202,9 +202,7 @@ def test_an_abandoned_or_failed_unit_leaves_no_transaction_open(
     store: SqlStore, postgres_url: str,
 ) -> None:
     event = an_event()
-    with store() as unit:
-        unit.inbox.add(event)
-        unit.commit()
+    committed(store, lambda unit: unit.inbox.add(event))
 
     def state_after(fail: bool) -> str:
         with pytest.raises(TransientConflict) if fail else nullcontext(), store() as unit:
@@ -239,10 +237,14 @@ def test_a_connection_prepares_a_statement_once_and_again_after_a_reconnect(
 def test_after_a_failed_round_trip_that_prepared_the_next_unit_deallocates_first(
     store: SqlStore, probe: DriverProbe,
 ) -> None:
+    def writer_backend() -> int:
+        with store() as unit:
+            ((pid,),) = unit.execute("SELECT pg_backend_pid()")
+        return int(pid)
+
     event = an_event()
-    with store() as unit:
-        unit.inbox.add(event)
-        unit.commit()
+    committed(store, lambda unit: unit.inbox.add(event))
+    backend = writer_backend()
 
     with pytest.raises(TransientConflict), store() as unit:
         unit.idempotency.add(IdempotencyRecord("GrantCoins", "u", "k", "00" * 32, {}, NOW))
@@ -251,15 +253,20 @@ def test_after_a_failed_round_trip_that_prepared_the_next_unit_deallocates_first
     assert b"PREPARE billing_idempotency_records_insert" in probe.queries[-2]
     assert probe.queries[-1] == b"ROLLBACK"  # the unit's, on its way out
 
+    with pytest.raises(TransientConflict), store() as unit:
+        unit.inbox.add(event)
+        unit.commit()  # whatever that round trip left prepared goes first; this one fails too
+    assert probe.queries[-2].startswith(b"DEALLOCATE ALL;BEGIN")
+    assert probe.queries[-1] == b"ROLLBACK"  # alone: in a failed transaction nothing else runs
+
     record = IdempotencyRecord("GrantCoins", new_id("user"), "k", "00" * 32, {}, NOW)
-    with store() as unit:  # whatever that round trip left prepared is gone first
-        unit.idempotency.add(record)
-        unit.commit()
+    committed(store, lambda unit: unit.idempotency.add(record))
     assert probe.queries[-1].startswith(b"DEALLOCATE ALL;BEGIN")
     assert b"PREPARE billing_idempotency_records_insert" in probe.queries[-1]
+    assert writer_backend() == backend  # the connection was never discarded
+    assert probe.queries[-2].startswith(b"BEGIN")  # and deallocates nothing any more
     with store(read_only=True) as unit:
         assert unit.idempotency.get("GrantCoins", record.user_id, "k") == record
-    assert not probe.queries[-1].startswith(b"DEALLOCATE")
 
 
 @pytest.mark.parametrize("prepared_statements", [True, False])
@@ -269,9 +276,7 @@ def test_a_status_change_round_trips_with_or_without_prepared_statements(
     store = SqlStore(postgres_url, pool_size=1, prepared_statements=prepared_statements)
     payment = a_payment()
     try:
-        with store() as unit:
-            unit.payments.add(payment)
-            unit.commit()
+        committed(store, lambda unit: unit.payments.add(payment))
         with store() as unit:
             session = unit.payments.by_payment_id(payment.payment_id)
             assert session is not None

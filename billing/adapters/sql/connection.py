@@ -18,10 +18,10 @@ transaction is still open, and discards the connection if even that fails.
 
 Statements can be prepared on the server (PREPARE once per physical connection, then EXECUTE by
 name: Postgres then skips parsing and, for these single-row lookups, planning). Which names a
-connection has prepared is kept in the pool's `info` dict of that connection, which SQLAlchemy
-empties whenever it replaces the connection. Prepared statements outlive a rolled-back
-transaction, so after a failed round trip that carried a PREPARE the set is uncertain: the next
-unit on that connection starts with DEALLOCATE ALL.
+connection has prepared is kept in the pool's `info` dict of that connection (_PerConnection),
+which SQLAlchemy empties whenever it replaces the connection. Prepared statements outlive a
+rolled-back transaction, so after a failed round trip that carried a PREPARE the set is
+uncertain: the next unit on that connection starts with DEALLOCATE ALL.
 
 **SQLite** is in-process: each statement runs when it is issued, inside BEGIN IMMEDIATE (writers)
 or BEGIN (readers), as engine.py explains.
@@ -59,7 +59,7 @@ BEGIN_WRITER = b"BEGIN ISOLATION LEVEL READ COMMITTED"
 BEGIN_SNAPSHOT = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 BEGIN_SCAN = b"BEGIN READ ONLY"  # a server-side cursor needs a transaction, even in a reader
 
-_PREPARED = "billing_prepared_statements"  # key of a connection's _Prepared in the pool's info
+_STATE = "billing_connection"  # key of a connection's _PerConnection in the pool's info
 
 
 class UnitConnection(Protocol):
@@ -151,13 +151,16 @@ def _checkout(engine: Engine) -> PoolProxiedConnection:
         raise translated from error
 
 
-class _Prepared:
-    """The statements one physical connection has prepared."""
+class _PerConnection:
+    """What outlives a unit on one physical connection: its cursor, and the statements it has
+    prepared. Kept in the pool's `info` dict of that connection, which SQLAlchemy empties when it
+    replaces the connection."""
 
-    __slots__ = ("names", "uncertain")
+    __slots__ = ("cursor", "prepared", "uncertain")
 
-    def __init__(self) -> None:
-        self.names: set[str] = set()
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.prepared: set[str] = set()
         self.uncertain = False  # a round trip carrying PREPARE failed: DEALLOCATE ALL first
 
 
@@ -168,7 +171,11 @@ class _Pooled(Generic[B]):
                  ) -> None:
         self._pooled = pooled
         self._raw: Any = pooled.dbapi_connection
-        self._cursor: Any = pooled.cursor()
+        state = pooled.info.get(_STATE)
+        if state is None:
+            state = pooled.info[_STATE] = _PerConnection(pooled.cursor())
+        self._state: _PerConnection = state
+        self._cursor: Any = state.cursor
         self._begin = begin
         self._count = count
         self._begun = False  # BEGIN is pending or was sent, and the transaction not ended
@@ -191,16 +198,11 @@ class PostgresConnection(_Pooled[bytes | None]):
         self._engine = engine
         self._pending: list[bytes] = []
         self._valid = True
-        self._prepared: _Prepared | None = None
+        self._prepare = prepare
         self._preparing: set[str] = set()  # PREPAREs rendered, not yet acknowledged
-        self._deallocate = False
-        if prepare:
-            self._prepared = pooled.info.get(_PREPARED)
-            if self._prepared is None:
-                self._prepared = pooled.info[_PREPARED] = _Prepared()
-            if self._prepared.uncertain:
-                self._prepared.names.clear()
-                self._deallocate = True
+        self._deallocate = self._state.uncertain
+        if self._deallocate:
+            self._state.prepared.clear()
 
     # -- UnitConnection -------------------------------------------------------------------------
     def query(self, statement: Statement, params: Params) -> list[Row]:
@@ -288,13 +290,12 @@ class PostgresConnection(_Pooled[bytes | None]):
             self._begun = True
 
     def _render(self, statement: Statement, params: Params) -> bytes:
-        prepared = self._prepared
-        if prepared is None:
+        if not self._prepare:
             rendered: bytes = self._cursor.mogrify(statement.sql, params or None)
             return rendered
         execute: bytes = self._cursor.mogrify(statement.execute, params or None)
         name = statement.name
-        if name in prepared.names or name in self._preparing:
+        if name in self._state.prepared or name in self._preparing:
             return execute
         self._preparing.add(name)
         return statement.prepare + b";" + execute
@@ -305,11 +306,11 @@ class PostgresConnection(_Pooled[bytes | None]):
         if deallocating:
             parts.insert(0, b"DEALLOCATE ALL")
         self._send(b";".join(parts), committing=committing)
-        if self._prepared is not None:
-            self._prepared.names |= self._preparing
+        if self._preparing:
+            self._state.prepared |= self._preparing
             self._preparing.clear()
-            if deallocating:
-                self._deallocate = self._prepared.uncertain = False
+        if deallocating:
+            self._deallocate = self._state.uncertain = False
 
     def _send(self, query: bytes, *, committing: bool = False) -> None:
         self._count()
@@ -327,8 +328,8 @@ class PostgresConnection(_Pooled[bytes | None]):
         lost = bool(self._engine.dialect.is_disconnect(error, self._raw, self._cursor))
         if lost:
             self._invalidate(error)
-        elif self._prepared is not None and (self._preparing or self._deallocate):
-            self._prepared.uncertain = True  # some of the batch ran, some did not
+        elif self._preparing or self._deallocate:
+            self._state.uncertain = True  # some of the batch ran, some did not
         self._preparing.clear()
         self._begun = self._begun and not lost
         return lost

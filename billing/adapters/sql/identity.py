@@ -26,9 +26,9 @@ class RowCache:
     __slots__ = ("_keys", "_rows", "_indexes")
 
     def __init__(self, keys: Sequence[Key]) -> None:
-        self._keys = tuple(keys)
+        self._keys = keys
         self._rows: dict[Hashable, Row] = {}
-        self._indexes: tuple[dict[Hashable, Hashable], ...] = tuple({} for _ in keys[1:])
+        self._indexes: list[dict[Hashable, Hashable]] = [{} for _ in range(len(keys) - 1)]
 
     def identity(self, row: Row) -> Hashable:
         return self._keys[0](row)

@@ -61,6 +61,7 @@ class Dialect:
 
     def statement(self, name: str, sql: str) -> Statement:
         assert "%" not in sql, "psycopg2 would read % as a placeholder"
+        assert len(name) < 64, "Postgres would cut the name short (NAMEDATALEN)"
         parts = sql.split("?")
         if not self.is_postgres:
             return Statement(name, sql, b"", "")

@@ -35,7 +35,7 @@ LEDGER_COLUMNS = (
 class AccountSql:
     def __init__(self, dialect: Dialect) -> None:
         self.table = t = TableSql(dialect, accounts, ACCOUNT_COLUMNS, ["user_id"])
-        self.keys = [key_of(t, "user_id")]
+        self.keys = (key_of(t, "user_id"),)
         self.by_user = t.read("by_user", "user_id = ?")
         # One statement creates the row if missing and locks it either way (ON CONFLICT DO
         # UPDATE takes the row lock): two units crediting a new user meet on that row instead of
@@ -82,7 +82,7 @@ class LedgerSql:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.table = t = TableSql(dialect, ledger, LEDGER_COLUMNS, ["seq"])
-        self.keys = [key_of(t, "key")]
+        self.keys = (key_of(t, "key"),)
         # Postgres: the seq comes with the row (drawn after the account lock); SQLite: assigned.
         self.insert = t.insert if dialect.is_postgres else t.statement(
             "insert_assigning_seq", t.insert_sql(LEDGER_COLUMNS[1:]))

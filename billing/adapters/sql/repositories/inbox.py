@@ -27,7 +27,7 @@ class InboxSql:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.table = t = TableSql(dialect, webhook_inbox, INBOX_COLUMNS, ["event_id"])
-        self.keys = [key_of(t, "event_id")]
+        self.keys = (key_of(t, "event_id"),)
         self.by_id = t.read("by_id", "event_id = ?")
         newest_first = "ORDER BY received_at DESC, event_id DESC LIMIT ?"
         self.recent = t.read("recent", f"TRUE {newest_first}")
@@ -93,7 +93,7 @@ class IdempotencySql:
         self.dialect = dialect
         self.table = t = TableSql(dialect, idempotency_records, IDEMPOTENCY_COLUMNS,
                                   ["rpc", "user_id", "key"])
-        self.keys = [key_of(t, "rpc", "user_id", "key")]
+        self.keys = (key_of(t, "rpc", "user_id", "key"),)
         self.by_scope = t.read("by_scope", "rpc = ? AND user_id = ? AND key = ?")
 
 

@@ -34,8 +34,8 @@ class PaymentSql:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.table = t = TableSql(dialect, payments, PAYMENT_COLUMNS, ["payment_id"])
-        self.keys = [key_of(t, "payment_id"), key_of(t, "stripe_session_id"),
-                     key_of(t, "user_id", "request_id"), key_of(t, "payment_intent_id")]
+        self.keys = (key_of(t, "payment_id"), key_of(t, "stripe_session_id"),
+                     key_of(t, "user_id", "request_id"), key_of(t, "payment_intent_id"))
         self.by_id = t.read("by_id", "payment_id = ?")
         self.by_stripe_session = t.read("by_stripe_session", "stripe_session_id = ?")
         self.by_request = t.read("by_request", "user_id = ? AND request_id = ?")
@@ -139,7 +139,7 @@ class RefundSql:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.table = t = TableSql(dialect, refunds, REFUND_COLUMNS, ["refund_key"])
-        self.keys = [key_of(t, "refund_key"), key_of(t, "stripe_refund_id")]
+        self.keys = (key_of(t, "refund_key"), key_of(t, "stripe_refund_id"))
         self.by_key = t.read("by_key", "refund_key = ?")
         self.by_stripe_id = t.read("by_stripe_id", "stripe_refund_id = ?")
         self.for_payment = t.read("for_payment",

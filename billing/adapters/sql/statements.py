@@ -22,8 +22,8 @@ from sqlalchemy import Table
 
 from billing.adapters.sql.types import as_utc, aware, from_sqlite_text, to_sqlite_text
 
-# A row as the driver returns it, or as a repository writes it: values in its table's column
-# order (statements.py builds every statement from that order).
+# A row as the driver returns it, or as a repository writes it: values in the column order its
+# repository gave TableSql, which builds every statement of the table from that order.
 Row = tuple[Any, ...]
 
 
@@ -106,11 +106,8 @@ class TableSql:
         self.columns = tuple(columns)
         self.key = tuple(key)
         self.key_positions = tuple(self.columns.index(name) for name in key)
-        listed = ", ".join(self.columns)
-        self.select = f"SELECT {listed} FROM {self.table}"
-        self.insert = self.statement(
-            "insert", f"INSERT INTO {self.table} ({listed}) VALUES ({_marks(len(self.columns))})"
-        )
+        self.select = f"SELECT {', '.join(self.columns)} FROM {self.table}"
+        self.insert = self.statement("insert", self.insert_sql(self.columns))
         others = [name for name in self.columns if name not in key]
         updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in others)
         conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"

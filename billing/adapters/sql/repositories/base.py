@@ -67,11 +67,11 @@ class SqlRepository:
     def _add(self, row: Row, what: str) -> None:
         """INSERT `row` with the unit's next round trip. A key this unit already holds is a
         conflict now; one another unit holds surfaces when the INSERT reaches the database."""
-        if self._cache is not None:
-            if self._cache.clashes(row, new=True):
-                raise TransientConflict(f"duplicate {what}")
-            self._cache.put(row)
+        if self._cache is not None and self._cache.clashes(row, new=True):
+            raise TransientConflict(f"duplicate {what}")
         self._unit.write(self._table.insert, row)
+        if self._cache is not None:
+            self._cache.put(row)
 
     def _save(self, row: Row, what: str) -> None:
         """Write what changed since the unit loaded the row (nothing, if nothing did); a row the

@@ -78,10 +78,12 @@ CHECKOUT_THREADS = 4  # the database steps of the use cases that call Stripe
 BACKGROUND_THREADS = 2  # health probes, readiness, reconciliation, start-up
 
 
-def build_sql_store(settings: Settings) -> SqlStore:
+def build_sql_store(settings: Settings, metrics: Metrics) -> SqlStore:
+    """Connections per pool (writers and readers each have one): BILLING_DB_POOL_SIZE."""
     from billing.adapters.sql import SqlStore
 
-    return SqlStore(settings.database_url, pool_size=settings.db_pool_size)
+    return SqlStore(settings.database_url, pool_size=settings.db_pool_size,
+                    on_round_trip=metrics.db_round_trips.inc)
 
 
 def prepare_database(settings: Settings, store: SqlStore) -> None:
@@ -233,7 +235,7 @@ class Container(containers.DeclarativeContainer):
     background_lane = providers.Singleton(Bulkhead, "background", BACKGROUND_THREADS)
 
     # -- Storage ------------------------------------------------------------------------------
-    store = providers.Singleton(build_sql_store, settings)
+    store = providers.Singleton(build_sql_store, settings, metrics)
     prepare_store = providers.Callable(prepare_database, settings, store)
     units = providers.Singleton(UnitRunner, uow=store, clock=clock, notifier=notifier)
     # The units of the use cases that also wait on Stripe, run from the event loop.

@@ -132,6 +132,11 @@ class Metrics:
             "billing_db_pool_in_use", "Database connections checked out.", registry=r,
             multiprocess_mode="livesum",
         )
+        self.db_round_trips = Counter(
+            "billing_db_round_trips_total",
+            "Round trips to the database (each query sent, BEGIN and COMMIT included).",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text a Prometheus scrape gets: this process's metrics, or every worker's."""

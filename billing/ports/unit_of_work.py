@@ -3,7 +3,9 @@
 A unit rolls back unless `commit()` is called. A unit opened for writing locks every row it
 reads (row locks on Postgres, the whole database on SQLite, a lock in memory), so a use case can
 read, decide and write without another writer slipping in between. Unique keys are the backstop:
-a lost race surfaces as TransientConflict and the whole use case runs again.
+a lost race surfaces as TransientConflict and the whole use case runs again. A store may send
+its writes late (with its next read, or at commit), so such a conflict is raised no later than
+`commit()`; within a unit, every read sees the unit's own writes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class AccountRepository(Protocol):
 
 class LedgerRepository(Protocol):
     def add(self, entry: LedgerEntry) -> LedgerEntry:
-        """Write the row; returns it with its `seq`. A duplicate key raises TransientConflict."""
+        """Write the row; returns it with its `seq`. A duplicate key raises TransientConflict
+        (no later than the commit). Lock the user's account first: per user, seq order is
+        commit order."""
         ...
 
     def get(self, key: str) -> LedgerEntry | None: ...
@@ -100,7 +104,8 @@ class EventInbox(Protocol):
     def get(self, event_id: str) -> InboxEvent | None: ...
 
     def add(self, event: InboxEvent) -> None:
-        """A second row for the same event id raises TransientConflict."""
+        """A second row for the same event id raises TransientConflict (no later than the
+        commit)."""
         ...
 
     def save(self, event: InboxEvent) -> None: ...

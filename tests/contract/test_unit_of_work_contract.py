@@ -243,13 +243,73 @@ def test_a_unit_is_usable_again_after_a_conflict_and_a_rollback(
     first, after = a_payment(), a_payment()
     write(store, lambda unit: unit.payments.add(first))
     with store() as unit:
-        with pytest.raises(TransientConflict):
+        with pytest.raises(TransientConflict):  # at once, or when the write reaches the database
             unit.payments.add(replace(first, payment_id=new_id("pay"), stripe_session_id=""))
+            unit.commit()
         unit.rollback()
         unit.payments.add(after)
         unit.commit()
 
     assert read(store, lambda u: u.payments.by_payment_id(after.payment_id)) == after
+
+
+def test_a_unit_reads_its_own_writes_through_every_key(store: UnitOfWorkFactory) -> None:
+    payment, event = a_payment(), an_event()
+    refund = a_refund(payment)
+    record = IdempotencyRecord("SpendCoins", payment.user_id, "k", "00" * 32, {"n": 1}, T0)
+    with store() as unit:
+        unit.payments.add(payment)
+        unit.refunds.add(refund)
+        unit.inbox.add(event)
+        unit.idempotency.add(record)
+        unit.accounts.lock(payment.user_id)
+        entry = unit.ledger.add(an_entry(payment.user_id))
+        unit.accounts.save(Account(payment.user_id, 60))
+
+        assert unit.payments.by_payment_id(payment.payment_id) == payment
+        assert unit.payments.by_request(payment.user_id, payment.request_id) == payment
+        assert unit.payments.by_stripe_session(payment.stripe_session_id) == payment
+        assert unit.payments.by_payment_intent(payment.payment_intent_id) == payment
+        assert unit.refunds.by_key(refund.refund_key) == refund
+        assert unit.refunds.by_stripe_id(refund.stripe_refund_id) == refund
+        assert list(unit.refunds.for_payment(payment.payment_id)) == [refund]
+        assert unit.inbox.get(event.event_id) == event
+        assert unit.idempotency.get("SpendCoins", payment.user_id, "k") == record
+        assert unit.ledger.get(entry.key) == entry
+        assert unit.accounts.get(payment.user_id) == Account(payment.user_id, 60)
+        assert unit.accounts.lock(payment.user_id) == Account(payment.user_id, 60)
+
+        moved = replace(payment, stripe_session_id=new_id("cs_test"),
+                        payment_intent_id=new_id("pi"), status=PaymentStatus.DISPUTED)
+        unit.payments.save(moved)
+        assert unit.payments.by_stripe_session(moved.stripe_session_id) == moved
+        assert unit.payments.by_payment_intent(moved.payment_intent_id) == moved
+        assert unit.payments.by_stripe_session(payment.stripe_session_id) is None
+        assert unit.payments.by_payment_intent(payment.payment_intent_id) is None
+        unit.commit()
+
+    assert read(store, lambda u: u.payments.by_stripe_session(moved.stripe_session_id)) == moved
+
+
+def test_a_change_counts_only_once_it_is_saved(store: UnitOfWorkFactory) -> None:
+    payment, event = a_payment(status=PaymentStatus.PENDING), an_event()
+    write(store, lambda unit: (unit.payments.add(payment), unit.inbox.add(event),
+                               unit.accounts.save(Account(payment.user_id, 5))))
+
+    with store() as unit:
+        session = unit.payments.by_payment_id(payment.payment_id)
+        row = unit.inbox.get(event.event_id)
+        account = unit.accounts.lock(payment.user_id)
+        assert session is not None and row is not None
+        session.status, row.attempts, account.balance = PaymentStatus.EXPIRED, 9, 7
+
+        assert unit.payments.by_stripe_session(payment.stripe_session_id) == payment
+        assert unit.inbox.get(event.event_id) == event
+        assert unit.accounts.get(payment.user_id) == Account(payment.user_id, 5)
+        unit.commit()
+
+    assert read(store, lambda u: u.payments.by_payment_id(payment.payment_id)) == payment
+    assert read(store, lambda u: u.accounts.get(payment.user_id)) == Account(payment.user_id, 5)
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -513,6 +573,9 @@ def test_claim_returns_a_pending_session_or_refund_and_nothing_else(
 
 
 # -- unique keys: a lost race is a TransientConflict, never a second row ---------------------
+# A store may raise it when the duplicate is registered or when its write reaches the database
+# (a SQL unit of work sends its writes with its next read or its commit): no later than the
+# commit, which then leaves nothing behind.
 
 
 def _duplicate_ledger_key(unit: UnitOfWork, user_id: str) -> Callable[[], object]:
@@ -576,5 +639,6 @@ def test_a_duplicate_unique_key_is_a_transient_conflict(
     with store() as unit:
         add_again = duplicate(unit, user_id)
         unit.commit()
-        with pytest.raises(TransientConflict):
+        with pytest.raises(TransientConflict):  # no later than the commit
             add_again()
+            unit.commit()

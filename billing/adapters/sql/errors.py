@@ -8,6 +8,10 @@
   StoreUnavailable: the caller gets a retryable error. That includes a failed COMMIT, whose
   outcome we cannot know: every write is keyed, so the retry is safe either way.
 - Anything else (a CHECK violation, SQL that does not fit the schema) is a bug and propagates.
+
+The units of work meet the driver's own exceptions (they run SQL on the raw DBAPI cursor, see
+connection.py); migrations, the schema check and the tests' helpers meet SQLAlchemy's wrappers of
+them. Both come through `translate`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg2
 from sqlalchemy import exc
 
 from billing.domain.errors import StoreUnavailable, TransientConflict
@@ -40,40 +45,48 @@ class SchemaError(RuntimeError):
 
 @contextmanager
 def translated_errors(*, committing: bool = False) -> Iterator[None]:
-    """Run a database call, raising the domain's error for a lost race or a lost database.
-
-    A connection lost before COMMIT took nothing with it (the server rolled the transaction
-    back): the unit runs again, on a fresh connection. Lost during COMMIT, the outcome is
-    unknown: the caller gets STORE_UNAVAILABLE, and its retry is safe because every write is
-    keyed.
-    """
+    """Run a database call through SQLAlchemy, raising the domain's error for a lost race or a
+    lost database (see `translate`)."""
     try:
         yield
     except exc.DBAPIError as error:
-        if error.connection_invalidated and not committing:
-            raise TransientConflict("the database connection was lost; re-run") from error
-        translated = translate(error)
+        translated = translate(error.orig, lost=error.connection_invalidated,
+                               committing=committing)
         if translated is None:
             raise
         raise translated from error
-    except exc.TimeoutError as error:  # every pooled connection stayed busy
-        raise StoreUnavailable("the database is too busy to take the request; retry") from error
+    except exc.TimeoutError as error:
+        raise pool_exhausted() from error
 
 
-def translate(error: exc.DBAPIError) -> Exception | None:
-    """The domain error for `error`, or None when it is a bug to propagate as it is."""
-    original = error.orig
-    if isinstance(original, sqlite3.Error):
-        return _translate_sqlite(original)
-    sqlstate = getattr(original, "pgcode", None) or ""
+def translate(
+    error: BaseException | None, *, lost: bool, committing: bool = False
+) -> Exception | None:
+    """The domain error for a driver's `error`, or None when it is a bug to propagate as it is.
+
+    `lost`: the connection is gone (the caller has invalidated it). Lost before COMMIT, it took
+    nothing with it (the server rolled the transaction back): the unit runs again, on a fresh
+    connection. Lost during COMMIT, the outcome is unknown: the caller gets STORE_UNAVAILABLE,
+    and its retry is safe because every write is keyed.
+    """
+    if lost and not committing:
+        return TransientConflict("the database connection was lost; re-run")
+    if isinstance(error, sqlite3.Error):
+        return _translate_sqlite(error)
+    sqlstate = getattr(error, "pgcode", None) or ""
     if sqlstate in _PG_CONFLICTS:
         return TransientConflict(f"lost a race in the database (SQLSTATE {sqlstate})")
-    if error.connection_invalidated or sqlstate.startswith(_PG_UNAVAILABLE_PREFIXES):
+    if lost or sqlstate.startswith(_PG_UNAVAILABLE_PREFIXES):
         return _unavailable(error)
     # psycopg2 reports a refused connection or a dropped socket without any SQLSTATE.
-    if not sqlstate and isinstance(error, exc.OperationalError | exc.InterfaceError):
+    if not sqlstate and isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError):
         return _unavailable(error)
     return None
+
+
+def pool_exhausted() -> StoreUnavailable:
+    """Every pooled connection stayed busy for the pool's timeout."""
+    return StoreUnavailable("the database is too busy to take the request; retry")
 
 
 def _translate_sqlite(original: sqlite3.Error) -> Exception | None:
@@ -86,9 +99,9 @@ def _translate_sqlite(original: sqlite3.Error) -> Exception | None:
     return None
 
 
-def _unavailable(error: exc.DBAPIError) -> StoreUnavailable:
+def _unavailable(error: BaseException | None) -> StoreUnavailable:
     # The driver's message may name the host; it goes to the log, never to the caller.
-    log.warning("database unavailable: %s", _first_line(str(error.orig)))
+    log.warning("database unavailable: %s", _first_line(str(error)))
     return StoreUnavailable("the database is unavailable; retry later")
 
 

@@ -84,6 +84,10 @@ ledger = Table(
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
     sqlite_autoincrement=True,
 )
+# The sequence behind ledger.seq on Postgres (an identity column's sequence is named
+# <table>_<column>_seq; CACHE 1, the default: values are never handed out in blocks, so per user,
+# seq order is commit order). A test checks both. The SQL repositories draw from it by name.
+LEDGER_SEQUENCE = "ledger_seq_seq"
 # A user's history, newest first (WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT n: the
 # index read backwards), and the audit's scan of every row by (user_id, seq) without a sort.
 Index("ix_ledger_user_id_seq", ledger.c.user_id, ledger.c.seq)

@@ -1,21 +1,48 @@
-"""SqlUnitOfWork: one database transaction on one pooled connection (implements UnitOfWork)."""
+"""SqlUnitOfWork: one database transaction on one pooled connection (implements UnitOfWork).
+
+A unit of work in Fowler's sense. Repositories register the rows they add and change; nothing is
+written until the unit next needs the database: the writes travel with its next read, or with
+COMMIT (connection.py says how, per database). Rows the unit loaded or wrote are kept in an
+identity map per table (identity.py) and served from it by every key; a save writes only the
+columns that changed. So a unit costs one round trip per read that reaches the database, plus
+one, and a duplicate key another unit holds surfaces, as a TransientConflict, no later than the
+commit.
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Engine, Executable, Result
-
-from billing.adapters.sql.engine import unit_options
-from billing.adapters.sql.errors import translated_errors
+from billing.adapters.sql.identity import Key, RowCache
 from billing.adapters.sql.repositories.accounts import SqlAccountRepository, SqlLedgerRepository
 from billing.adapters.sql.repositories.inbox import SqlEventInbox, SqlIdempotencyStore
 from billing.adapters.sql.repositories.payments import SqlPaymentRepository, SqlRefundRepository
+from billing.adapters.sql.statements import Read, Row, Statement
 from billing.domain.events import DomainEvent
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from billing.adapters.sql.connection import Connector, UnitConnection
+    from billing.adapters.sql.repositories import RepositorySql
+
+R = TypeVar("R")
+
+
+class _MadeOnFirstUse(Generic[R]):
+    """A unit's repository, made (with its identity map) the first time it is asked for: a unit
+    uses a few of them. Unlike functools.cached_property, no lock: a unit is one thread's."""
+
+    def __init__(self, make: Callable[[SqlUnitOfWork], R]) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, unit: SqlUnitOfWork, owner: type | None = None) -> R:
+        repository = unit.__dict__[self._name] = self._make(unit)  # found there from now on
+        return repository
 
 
 class SqlUnitOfWork:
@@ -25,46 +52,37 @@ class SqlUnitOfWork:
     `rollback()` the unit stays usable: the next statement begins a new transaction.
     """
 
+    accounts = _MadeOnFirstUse(SqlAccountRepository)
+    ledger = _MadeOnFirstUse(SqlLedgerRepository)
+    payments = _MadeOnFirstUse(SqlPaymentRepository)
+    refunds = _MadeOnFirstUse(SqlRefundRepository)
+    inbox = _MadeOnFirstUse(SqlEventInbox)
+    idempotency = _MadeOnFirstUse(SqlIdempotencyStore)
+
     def __init__(
         self,
-        engine: Engine,
+        connector: Connector,
+        sql: RepositorySql,
         *,
         read_only: bool = False,
         snapshot: bool = False,
-        reader: Engine | None = None,
     ) -> None:
-        # Plain reads go to the reader's autocommit pool; a snapshot needs a real transaction.
-        separate_reader = reader is not None and reader is not engine
-        self._autocommit = read_only and not snapshot and separate_reader
-        self._engine = reader if self._autocommit and reader is not None else engine
+        self._connector = connector
+        self.sql = sql
         self.read_only = read_only or snapshot
         self._snapshot = snapshot
-        self.dialect_name = engine.dialect.name
+        # A writer's reads lock, so what it caches stays true until it ends; a snapshot sees one
+        # moment. A plain reader's each read sees the latest commit: it keeps no identity map.
+        self._caches: list[RowCache] | None = None if read_only and not snapshot else []
         self.events: list[DomainEvent] = []
-        self._connection: Connection | None = None
+        # Postgres: the ledger seq drawn when a user's account was locked, for its next row.
+        self.reserved_seqs: dict[str, int] = {}
+        self._connection: UnitConnection | None = None
         self._committed = False
-        self.accounts = SqlAccountRepository(self)
-        self.ledger = SqlLedgerRepository(self)
-        self.payments = SqlPaymentRepository(self)
-        self.refunds = SqlRefundRepository(self)
-        self.inbox = SqlEventInbox(self)
-        self.idempotency = SqlIdempotencyStore(self)
 
     def __enter__(self) -> Self:
-        with translated_errors():
-            connection = self._engine.connect()
-            try:
-                if not self._autocommit:
-                    if self._snapshot or self.dialect_name == "sqlite":
-                        connection.execution_options(
-                            **unit_options(self.dialect_name, read_only=self.read_only))
-                    # Begin now, not at the first statement: on SQLite a writer waits for the
-                    # write lock here.
-                    connection.begin()
-            except BaseException:
-                connection.close()
-                raise
-        self._connection = connection
+        self._connection = self._connector.open(read_only=self.read_only and not self._snapshot,
+                                                snapshot=self._snapshot)
         self._committed = False
         return self
 
@@ -76,41 +94,59 @@ class SqlUnitOfWork:
     ) -> None:
         connection = self._require_connection()
         self._connection = None
-        try:
-            if connection.in_transaction():
-                connection.rollback()
-        except Exception:
-            # Nothing uncommitted survives a lost connection: the server discards it. Raising
-            # here would only hide the error the unit is already leaving with, if any.
-            log.warning("rollback failed; the connection is discarded", exc_info=True)
-        finally:
-            connection.close()
-            if not self._committed:
-                self.events.clear()
+        self._forget()
+        connection.close()  # ends whatever transaction is still open; never raises
+        if not self._committed:
+            self.events.clear()
 
     def commit(self) -> None:
         assert not self.read_only, "a read-only unit cannot commit"
-        with translated_errors(committing=True):
-            self._require_connection().commit()
+        connection = self._require_connection()
+        self._forget()  # the locks go with the transaction, and so do the rows they guarded
+        connection.commit()
         self._committed = True
 
     def rollback(self) -> None:
-        with translated_errors():
-            self._require_connection().rollback()
-
-    def execute(self, statement: Executable) -> CursorResult[Any]:
-        """Run one statement in the unit's transaction (beginning a new one after a commit)."""
         connection = self._require_connection()
-        with translated_errors():
-            return connection.execute(statement)
+        self._forget()
+        connection.rollback()
 
-    def stream(self, statement: Executable, batch: int) -> Result[Any]:
-        """Like `execute`, but rows arrive `batch` at a time through a server-side cursor."""
-        connection = self._require_connection()
-        with translated_errors():
-            return connection.execute(statement, execution_options={"yield_per": batch})
+    # -- for the repositories -----------------------------------------------------------------
+    def identity_map(self, keys: Sequence[Key]) -> RowCache | None:
+        """A new identity map for a repository, or None in a unit that keeps none."""
+        if self._caches is None:
+            return None
+        cache = RowCache(keys)
+        self._caches.append(cache)
+        return cache
 
-    def _require_connection(self) -> Connection:
+    def query(self, read: Read, params: Sequence[Any]) -> list[Row]:
+        """Rows of `read`, locked when the unit writes; pending writes go first."""
+        statement = read.plain if self.read_only else read.locking
+        return self._require_connection().query(statement, params)
+
+    def write(self, statement: Statement, params: Sequence[Any]) -> None:
+        self._require_connection().write(statement, params)
+
+    def insert_rowid(self, statement: Statement, params: Sequence[Any]) -> int:
+        return self._require_connection().insert_rowid(statement, params)
+
+    def stream(self, statement: Statement, params: Sequence[Any], batch: int) -> Iterator[Row]:
+        return self._require_connection().stream(statement, params, batch)
+
+    # -- for operators and tests ----------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run `sql` (the driver's parameter style) in this unit's transaction, after whatever
+        is pending; its rows, if it returns any."""
+        return self._require_connection().text(sql, params)
+
+    def _forget(self) -> None:
+        for cache in self._caches or ():
+            cache.clear()
+        self.reserved_seqs.clear()
+
+    def _require_connection(self) -> UnitConnection:
         if self._connection is None:
             raise RuntimeError("use the unit of work inside a `with` block")
         return self._connection
+

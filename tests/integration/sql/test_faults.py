@@ -55,7 +55,8 @@ def terminate(postgres_url: str, where: str, **params: object) -> int:
 
 
 def backend_pid(unit: SqlUnitOfWork) -> int:
-    return int(unit.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    ((pid,),) = unit.execute("SELECT pg_backend_pid()")
+    return int(pid)
 
 
 def an_entry(user_id: str) -> LedgerEntry:
@@ -118,7 +119,7 @@ def test_a_connection_lost_mid_unit_keeps_nothing_and_the_unit_runs_again(
     with pytest.raises(TransientConflict), store() as unit:
         unit.accounts.save(Account(user_id, 10))
         terminate(postgres_url, "pid = :pid", pid=backend_pid(unit))
-        unit.accounts.get(user_id)
+        unit.accounts.get(new_id("user"))  # not in the unit's identity map: a round trip
 
     with store(read_only=True) as unit:
         assert unit.accounts.get(user_id) is None
@@ -130,6 +131,7 @@ def test_a_connection_lost_mid_unit_keeps_nothing_and_the_unit_runs_again(
         unit.accounts.save(Account(user_id, 10))
         if len(attempts) == 1:  # the server drops the first attempt's connection mid-unit
             terminate(postgres_url, "pid = :pid", pid=attempts[0])
+        unit.accounts.get(new_id("user"))  # a read the identity map cannot answer
         account = unit.accounts.get(user_id)
         assert account is not None
         return account.balance

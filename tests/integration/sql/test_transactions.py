@@ -6,8 +6,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import text
-
 from billing.adapters.sql import SqlStore
 from billing.adapters.sql.repositories.base import STREAM_BATCH
 from billing.domain.ledger import LedgerEntry, TransactionType
@@ -19,19 +17,19 @@ def test_writers_run_at_read_committed_readers_autocommit_and_snapshots_read_onl
     postgres_url: str,
 ) -> None:
     store = SqlStore(postgres_url, pool_size=1)  # one connection each: characteristics reused
-    show = text("SELECT current_setting('transaction_isolation'),"
-                " current_setting('transaction_read_only'), now() = statement_timestamp()")
+    show = ("SELECT current_setting('transaction_isolation'),"
+            " current_setting('transaction_read_only'), now() = statement_timestamp()")
     try:
         for _ in range(2):  # and the characteristics do not leak from one unit to the next
             with store() as writer:
-                writer.execute(text("SELECT pg_sleep(0.01)"))  # the transaction outlives it
-                assert tuple(writer.execute(show).one()) == ("read committed", "off", False)
+                writer.execute("SELECT pg_sleep(0.01)")  # the transaction outlives it
+                assert writer.execute(show)[0] == ("read committed", "off", False)
             with store(snapshot=True) as snapshot:
-                snapshot.execute(text("SELECT pg_sleep(0.01)"))
-                assert tuple(snapshot.execute(show).one()) == ("repeatable read", "on", False)
+                snapshot.execute("SELECT pg_sleep(0.01)")
+                assert snapshot.execute(show)[0] == ("repeatable read", "on", False)
             with store(read_only=True) as reader:  # each read its own one-statement transaction
-                reader.execute(text("SELECT pg_sleep(0.01)"))
-                assert tuple(reader.execute(show).one()) == ("read committed", "off", True)
+                reader.execute("SELECT pg_sleep(0.01)")
+                assert reader.execute(show)[0] == ("read committed", "off", True)
     finally:
         store.dispose()
 
@@ -94,7 +92,7 @@ def test_scans_stream_through_a_server_side_cursor(postgres_url: str) -> None:
         with store(snapshot=True) as unit:
             scan = unit.ledger.scan()
             first = next(scan)
-            open_cursors = unit.execute(text("SELECT count(*) FROM pg_cursors")).scalar_one()
+            ((open_cursors,),) = unit.execute("SELECT count(*) FROM pg_cursors")
             mine = [first, *scan]
     finally:
         store.dispose()

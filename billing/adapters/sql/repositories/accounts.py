@@ -1,94 +1,162 @@
-"""Accounts and the ledger (implement AccountRepository and LedgerRepository)."""
+"""Accounts and the ledger (implement AccountRepository and LedgerRepository).
+
+A ledger row's `seq` orders a user's rows and is its public id (txn_<seq>). On Postgres it is
+drawn from the ledger's sequence (CACHE 1, never in blocks) inside the writer's transaction and
+after the user's account row is locked, so that per user, seq order is commit order (the ledger
+feed relies on it). The lock is one statement that also draws the value (`nextval` in its
+RETURNING, evaluated once the row is locked); the unit keeps it for that user's next ledger row,
+which is then written with an explicit seq in the flush: `add` returns the entry with its seq
+without a round trip of its own. A second row for the same user in one unit (rare) draws another
+value with a round trip, still after the lock. SQLite assigns seq at INSERT (AUTOINCREMENT).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from sqlalchemy import RowMapping, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
-
-from billing.adapters.sql.repositories.base import SqlRepository
-from billing.adapters.sql.tables import accounts, ledger
+from billing.adapters.sql.repositories.base import SqlRepository, key_of
+from billing.adapters.sql.statements import Dialect, Read, Row, TableSql
+from billing.adapters.sql.tables import LEDGER_SEQUENCE, accounts, ledger
+from billing.domain.errors import TransientConflict
 from billing.domain.ledger import Account, LedgerEntry, TransactionType
+
+if TYPE_CHECKING:
+    from billing.adapters.sql.unit_of_work import SqlUnitOfWork
+
+ACCOUNT_COLUMNS = ("user_id", "balance")
+LEDGER_COLUMNS = (
+    "seq", "key", "user_id", "type", "coins", "balance_after", "shortfall", "description",
+    "session_id", "payment_id", "caller", "request_id", "created_at",
+)
+
+
+class AccountSql:
+    def __init__(self, dialect: Dialect) -> None:
+        self.table = t = TableSql(dialect, accounts, ACCOUNT_COLUMNS, ["user_id"])
+        self.keys = (key_of(t, "user_id"),)
+        self.by_user = t.read("by_user", "user_id = ?")
+        # One statement creates the row if missing and locks it either way (ON CONFLICT DO
+        # UPDATE takes the row lock): two units crediting a new user meet on that row instead of
+        # both inserting it. On Postgres its RETURNING also draws the user's next ledger seq.
+        draw = f", nextval('{LEDGER_SEQUENCE}')" if dialect.is_postgres else ""
+        lock = t.statement("lock", (
+            "INSERT INTO accounts (user_id, balance) VALUES (?, 0) ON CONFLICT (user_id)"
+            f" DO UPDATE SET balance = accounts.balance RETURNING balance{draw}"
+        ))
+        self.lock = Read(lock, lock)
+        self.scan = t.statement("scan", f"{t.select} ORDER BY user_id")
 
 
 class SqlAccountRepository(SqlRepository):
+    def __init__(self, unit: SqlUnitOfWork) -> None:
+        self._sql = unit.sql.accounts
+        super().__init__(unit, self._sql.table, self._sql.keys)
+
     def get(self, user_id: str) -> Account | None:
-        row = self._first(select(accounts).where(accounts.c.user_id == user_id))
-        return Account(row["user_id"], row["balance"]) if row else None
+        row = self._find(self._sql.by_user, 0, user_id, (user_id,))
+        return Account(row[0], row[1]) if row else None
 
     def lock(self, user_id: str) -> Account:
-        # One statement creates the row if missing and locks it either way (ON CONFLICT DO
-        # UPDATE takes the row lock): two units crediting a new user meet on that row instead of
-        # both inserting it, and there is no separate SELECT ... FOR UPDATE round trip.
-        dialect = postgresql if self._unit.dialect_name == "postgresql" else sqlite
-        upsert = dialect.insert(accounts).values(user_id=user_id, balance=0)
-        statement = upsert.on_conflict_do_update(
-            index_elements=[accounts.c.user_id], set_={"balance": accounts.c.balance}
-        ).returning(accounts.c.balance)
-        (balance,) = self._unit.execute(statement).one()
-        return Account(user_id, balance)
+        cache = self._cache
+        row = cache.find(0, user_id) if cache is not None else None
+        if row is None:  # in a writing unit every cached row is a locked one
+            ((balance, *seq),) = self._unit.query(self._sql.lock, (user_id,))
+            if seq:
+                self._unit.reserved_seqs[user_id] = seq[0]
+            row = (user_id, balance)
+            if cache is not None:
+                cache.put(row)
+        return Account(row[0], row[1])
 
     def save(self, account: Account) -> None:
-        self._save(accounts, {"user_id": account.user_id}, {"balance": account.balance})
+        self._save((account.user_id, account.balance), "account")
 
     def scan(self) -> Iterator[Account]:
-        for row in self._stream(select(accounts).order_by(accounts.c.user_id)):
-            yield Account(row["user_id"], row["balance"])
+        for user_id, balance in self._stream(self._sql.scan):
+            yield Account(user_id, balance)
+
+
+class LedgerSql:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.table = t = TableSql(dialect, ledger, LEDGER_COLUMNS, ["seq"])
+        self.keys = (key_of(t, "key"),)
+        # Postgres: the seq comes with the row (drawn after the account lock); SQLite: assigned.
+        self.insert = t.insert if dialect.is_postgres else t.statement(
+            "insert_assigning_seq", t.insert_sql(LEDGER_COLUMNS[1:]))
+        next_seq = t.statement("next_seq", f"SELECT nextval('{LEDGER_SEQUENCE}')")
+        self.next_seq = Read(next_seq, next_seq)
+        self.by_key = t.read("by_key", "key = ?")
+        # Keyset pagination on (user_id, seq DESC): the same cost on the first page and the last.
+        self.newest = t.read("newest", "user_id = ? ORDER BY seq DESC LIMIT ?")
+        self.older = t.read("older", "user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?")
+        # In the order of ix_ledger_user_id_seq: no sort of the whole ledger.
+        self.scan = t.statement("scan", f"{t.select} ORDER BY user_id, seq")
 
 
 class SqlLedgerRepository(SqlRepository):
+    def __init__(self, unit: SqlUnitOfWork) -> None:
+        self._sql = unit.sql.ledger
+        super().__init__(unit, self._sql.table, self._sql.keys)
+
     def add(self, entry: LedgerEntry) -> LedgerEntry:
-        result = self._unit.execute(insert(ledger).values(
-            key=entry.key,
-            user_id=entry.user_id,
-            type=entry.type.value,
-            coins=entry.coins,
-            balance_after=entry.balance_after,
-            shortfall=entry.shortfall,
-            description=entry.description,
-            session_id=entry.session_id,
-            payment_id=entry.payment_id,
-            caller=entry.caller,
-            request_id=entry.request_id,
-            created_at=entry.created_at,
-        ))
-        (seq,) = result.inserted_primary_key or (None,)
-        assert isinstance(seq, int), "the database assigns every ledger row its seq"
+        sql, unit = self._sql, self._unit
+        values = _values(entry, sql.dialect)
+        if self._cache is not None and self._cache.find(0, entry.key) is not None:
+            raise TransientConflict(f"duplicate ledger key {entry.key!r}")
+        if sql.dialect.is_postgres:
+            seq = unit.reserved_seqs.pop(entry.user_id, None)
+            if seq is None:  # not locked in this unit, or its second row: draw one now
+                ((seq,),) = unit.query(sql.next_seq, ())
+            unit.write(sql.insert, (seq, *values))
+        else:
+            seq = unit.insert_rowid(sql.insert, values)
+        if self._cache is not None:
+            self._cache.put((seq, *values))
         return replace(entry, seq=seq)
 
     def get(self, key: str) -> LedgerEntry | None:
-        row = self._first(select(ledger).where(ledger.c.key == key))
-        return _entry(row) if row else None
+        row = self._find(self._sql.by_key, 0, key, (key,))
+        return _entry(row, self._sql.dialect) if row else None
 
     def page(self, user_id: str, before_seq: int | None, limit: int) -> Sequence[LedgerEntry]:
-        query = select(ledger).where(ledger.c.user_id == user_id)
-        if before_seq is not None:
-            query = query.where(ledger.c.seq < before_seq)
-        # Keyset pagination on (user_id, seq DESC): the same cost on the first page and the last.
-        rows = self._all(query.order_by(ledger.c.seq.desc()).limit(limit))
-        return [_entry(row) for row in rows]
+        if before_seq is None:
+            rows = self._all(self._sql.newest, (user_id, limit))
+        else:
+            rows = self._all(self._sql.older, (user_id, before_seq, limit))
+        return [_entry(row, self._sql.dialect) for row in rows]
 
     def scan(self) -> Iterator[LedgerEntry]:
-        # In the order of ix_ledger_user_id_seq: no sort of the whole ledger.
-        for row in self._stream(select(ledger).order_by(ledger.c.user_id, ledger.c.seq)):
-            yield _entry(row)
+        for row in self._stream(self._sql.scan):
+            yield _entry(row, self._sql.dialect)
 
 
-def _entry(row: RowMapping) -> LedgerEntry:
+def _values(entry: LedgerEntry, dialect: Dialect) -> Row:
+    """The row without its seq."""
+    return (
+        entry.key, entry.user_id, entry.type.value, entry.coins, entry.balance_after,
+        entry.shortfall, entry.description, entry.session_id, entry.payment_id, entry.caller,
+        entry.request_id, dialect.time_to_db(entry.created_at),
+    )
+
+
+def _entry(row: Row, dialect: Dialect) -> LedgerEntry:
+    (seq, key, user_id, type_, coins, balance_after, shortfall, description, session_id,
+     payment_id, caller, request_id, created_at) = row
     return LedgerEntry(
-        key=row["key"],
-        user_id=row["user_id"],
-        type=TransactionType(row["type"]),
-        coins=row["coins"],
-        balance_after=row["balance_after"],
-        created_at=row["created_at"],
-        description=row["description"],
-        session_id=row["session_id"],
-        payment_id=row["payment_id"],
-        shortfall=row["shortfall"],
-        caller=row["caller"],
-        request_id=row["request_id"],
-        seq=row["seq"],
+        key=key,
+        user_id=user_id,
+        type=TransactionType(type_),
+        coins=coins,
+        balance_after=balance_after,
+        created_at=dialect.time_from_db(created_at),
+        description=description,
+        session_id=session_id,
+        payment_id=payment_id,
+        shortfall=shortfall,
+        caller=caller,
+        request_id=request_id,
+        seq=seq,
     )

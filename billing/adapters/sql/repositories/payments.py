@@ -2,187 +2,213 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, RowMapping, select
-
-from billing.adapters.sql.repositories.base import SqlRepository, nullable, text
+from billing.adapters.sql.repositories.base import SqlRepository, key_of, nullable, text
+from billing.adapters.sql.statements import Dialect, Read, Row, TableSql
 from billing.adapters.sql.tables import payments, refunds
 from billing.domain.money import Money
 from billing.domain.payment import PaymentSession, PaymentStatus, Refund, RefundStatus
 
+if TYPE_CHECKING:
+    from billing.adapters.sql.unit_of_work import SqlUnitOfWork
+
+PAYMENT_COLUMNS = (
+    "payment_id", "user_id", "request_id", "package_id", "coins", "bonus", "amount_minor",
+    "currency", "success_url", "cancel_url", "expires_at", "created_at", "updated_at", "status",
+    "stripe_session_id", "checkout_url", "payment_intent_id", "coins_credited", "coins_refunded",
+)
+REFUND_COLUMNS = (
+    "refund_key", "payment_id", "user_id", "amount_minor", "currency", "coins", "created_at",
+    "updated_at", "payment_intent_id", "reason", "request_id", "stripe_refund_id", "status",
+    "shortfall",
+)
+# Key numbers of the identity maps (RowCache): 0 is the primary key.
+BY_STRIPE_SESSION, BY_REQUEST, BY_PAYMENT_INTENT = 1, 2, 3
+BY_STRIPE_REFUND = 1
+
+
+class PaymentSql:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.table = t = TableSql(dialect, payments, PAYMENT_COLUMNS, ["payment_id"])
+        self.keys = (key_of(t, "payment_id"), key_of(t, "stripe_session_id"),
+                     key_of(t, "user_id", "request_id"), key_of(t, "payment_intent_id"))
+        self.by_id = t.read("by_id", "payment_id = ?")
+        self.by_stripe_session = t.read("by_stripe_session", "stripe_session_id = ?")
+        self.by_request = t.read("by_request", "user_id = ? AND request_id = ?")
+        self.by_payment_intent = t.read("by_payment_intent", "payment_intent_id = ?")
+        pending = f"status = '{PaymentStatus.PENDING.value}'"
+        self.pending_before = t.read("pending_before", (
+            f"{pending} AND created_at < ? ORDER BY created_at, payment_id LIMIT ?"
+        ))
+        self.claim = t.read("claim", f"payment_id = ? AND {pending}", skip_locked=True)
+        self.scan = t.statement("scan", f"{t.select} ORDER BY payment_id")
+
 
 class SqlPaymentRepository(SqlRepository):
+    def __init__(self, unit: SqlUnitOfWork) -> None:
+        self._sql = unit.sql.payments
+        super().__init__(unit, self._sql.table, self._sql.keys)
+
     def add(self, session: PaymentSession) -> None:
-        self._insert(payments, {"payment_id": session.payment_id, **_payment_values(session)})
+        self._add(_payment_row(session, self._sql.dialect), "payment session")
 
     def save(self, session: PaymentSession) -> None:
-        self._save(payments, {"payment_id": session.payment_id}, _payment_values(session))
+        self._save(_payment_row(session, self._sql.dialect), "payment session")
 
     def by_payment_id(self, payment_id: str) -> PaymentSession | None:
-        return self._one(payments.c.payment_id == payment_id)
+        return self._one(self._sql.by_id, 0, payment_id, (payment_id,))
 
     def by_request(self, user_id: str, request_id: str) -> PaymentSession | None:
-        return self._one((payments.c.user_id == user_id) & (payments.c.request_id == request_id))
+        key = (user_id, request_id)
+        return self._one(self._sql.by_request, BY_REQUEST, key, key)
 
     def by_stripe_session(self, stripe_session_id: str) -> PaymentSession | None:
         if not stripe_session_id:
             return None
-        return self._one(payments.c.stripe_session_id == stripe_session_id)
+        return self._one(self._sql.by_stripe_session, BY_STRIPE_SESSION, stripe_session_id,
+                         (stripe_session_id,))
 
     def by_payment_intent(self, payment_intent_id: str) -> PaymentSession | None:
         if not payment_intent_id:
             return None
-        return self._one(payments.c.payment_intent_id == payment_intent_id)
+        return self._one(self._sql.by_payment_intent, BY_PAYMENT_INTENT, payment_intent_id,
+                         (payment_intent_id,))
 
     def pending_before(self, cutoff: datetime, limit: int) -> Sequence[PaymentSession]:
-        query = (
-            select(payments)
-            .where(payments.c.status == PaymentStatus.PENDING.value,
-                   payments.c.created_at < cutoff)
-            .order_by(payments.c.created_at, payments.c.payment_id)
-            .limit(limit)
-        )
-        return [_payment(row) for row in self._all(query)]
+        rows = self._all(self._sql.pending_before, (self._sql.dialect.time_to_db(cutoff), limit))
+        return [_payment(row, self._sql.dialect) for row in rows]
 
     def claim(self, payment_id: str) -> PaymentSession | None:
-        row = self._first(
-            select(payments).where(payments.c.payment_id == payment_id,
-                                   payments.c.status == PaymentStatus.PENDING.value),
-            skip_locked=True,
-        )
-        return _payment(row) if row else None
+        session = self._one(self._sql.claim, 0, payment_id, (payment_id,))
+        return session if session and session.status is PaymentStatus.PENDING else None
 
     def scan(self) -> Iterator[PaymentSession]:
-        for row in self._stream(select(payments).order_by(payments.c.payment_id)):
-            yield _payment(row)
+        for row in self._stream(self._sql.scan):
+            yield _payment(row, self._sql.dialect)
 
-    def _one(self, condition: ColumnElement[bool]) -> PaymentSession | None:
-        row = self._first(select(payments).where(condition))
-        return _payment(row) if row else None
-
-
-def _payment_values(session: PaymentSession) -> dict[str, object]:
-    return {
-        "user_id": session.user_id,
-        "request_id": session.request_id,
-        "package_id": session.package_id,
-        "coins": session.coins,
-        "bonus": session.bonus,
-        "amount_minor": session.amount.amount_minor,
-        "currency": session.amount.currency,
-        "success_url": session.success_url,
-        "cancel_url": session.cancel_url,
-        "expires_at": session.expires_at,
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
-        "status": session.status.value,
-        "stripe_session_id": nullable(session.stripe_session_id),
-        "checkout_url": session.checkout_url,
-        "payment_intent_id": nullable(session.payment_intent_id),
-        "coins_credited": session.coins_credited,
-        "coins_refunded": session.coins_refunded,
-    }
+    def _one(self, read: Read, key_number: int, key: Hashable, params: Sequence[object]
+             ) -> PaymentSession | None:
+        row = self._find(read, key_number, key, params)
+        return _payment(row, self._sql.dialect) if row else None
 
 
-def _payment(row: RowMapping) -> PaymentSession:
-    return PaymentSession(
-        payment_id=row["payment_id"],
-        user_id=row["user_id"],
-        request_id=row["request_id"],
-        package_id=row["package_id"],
-        coins=row["coins"],
-        bonus=row["bonus"],
-        amount=Money(row["currency"], row["amount_minor"]),
-        success_url=row["success_url"],
-        cancel_url=row["cancel_url"],
-        expires_at=row["expires_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        status=PaymentStatus(row["status"]),
-        stripe_session_id=text(row["stripe_session_id"]),
-        checkout_url=row["checkout_url"],
-        payment_intent_id=text(row["payment_intent_id"]),
-        coins_credited=row["coins_credited"],
-        coins_refunded=row["coins_refunded"],
+def _payment_row(session: PaymentSession, dialect: Dialect) -> Row:
+    time = dialect.time_to_db
+    return (
+        session.payment_id, session.user_id, session.request_id, session.package_id,
+        session.coins, session.bonus, session.amount.amount_minor, session.amount.currency,
+        session.success_url, session.cancel_url, time(session.expires_at),
+        time(session.created_at), time(session.updated_at), session.status.value,
+        nullable(session.stripe_session_id), session.checkout_url,
+        nullable(session.payment_intent_id), session.coins_credited, session.coins_refunded,
     )
 
 
+def _payment(row: Row, dialect: Dialect) -> PaymentSession:
+    (payment_id, user_id, request_id, package_id, coins, bonus, amount_minor, currency,
+     success_url, cancel_url, expires_at, created_at, updated_at, status, stripe_session_id,
+     checkout_url, payment_intent_id, coins_credited, coins_refunded) = row
+    time = dialect.time_from_db
+    return PaymentSession(
+        payment_id=payment_id,
+        user_id=user_id,
+        request_id=request_id,
+        package_id=package_id,
+        coins=coins,
+        bonus=bonus,
+        amount=Money(currency, amount_minor),
+        success_url=success_url,
+        cancel_url=cancel_url,
+        expires_at=time(expires_at),
+        created_at=time(created_at),
+        updated_at=time(updated_at),
+        status=PaymentStatus(status),
+        stripe_session_id=text(stripe_session_id),
+        checkout_url=checkout_url,
+        payment_intent_id=text(payment_intent_id),
+        coins_credited=coins_credited,
+        coins_refunded=coins_refunded,
+    )
+
+
+class RefundSql:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.table = t = TableSql(dialect, refunds, REFUND_COLUMNS, ["refund_key"])
+        self.keys = (key_of(t, "refund_key"), key_of(t, "stripe_refund_id"))
+        self.by_key = t.read("by_key", "refund_key = ?")
+        self.by_stripe_id = t.read("by_stripe_id", "stripe_refund_id = ?")
+        self.for_payment = t.read("for_payment",
+                                  "payment_id = ? ORDER BY created_at, refund_key")
+        pending = f"status = '{RefundStatus.PENDING.value}'"
+        self.pending = t.read("pending", f"{pending} ORDER BY created_at, refund_key LIMIT ?")
+        self.claim = t.read("claim", f"refund_key = ? AND {pending}", skip_locked=True)
+
+
 class SqlRefundRepository(SqlRepository):
+    def __init__(self, unit: SqlUnitOfWork) -> None:
+        self._sql = unit.sql.refunds
+        super().__init__(unit, self._sql.table, self._sql.keys)
+
     def add(self, refund: Refund) -> None:
-        self._insert(refunds, {"refund_key": refund.refund_key, **_refund_values(refund)})
+        self._add(_refund_row(refund, self._sql.dialect), "refund")
 
     def save(self, refund: Refund) -> None:
-        self._save(refunds, {"refund_key": refund.refund_key}, _refund_values(refund))
+        self._save(_refund_row(refund, self._sql.dialect), "refund")
 
     def by_key(self, refund_key: str) -> Refund | None:
-        row = self._first(select(refunds).where(refunds.c.refund_key == refund_key))
-        return _refund(row) if row else None
+        return self._one(self._sql.by_key, 0, refund_key)
 
     def by_stripe_id(self, stripe_refund_id: str) -> Refund | None:
         if not stripe_refund_id:
             return None
-        row = self._first(select(refunds).where(refunds.c.stripe_refund_id == stripe_refund_id))
-        return _refund(row) if row else None
+        return self._one(self._sql.by_stripe_id, BY_STRIPE_REFUND, stripe_refund_id)
 
     def for_payment(self, payment_id: str) -> Sequence[Refund]:
-        query = (
-            select(refunds)
-            .where(refunds.c.payment_id == payment_id)
-            .order_by(refunds.c.created_at, refunds.c.refund_key)
-        )
-        return [_refund(row) for row in self._all(query)]
+        rows = self._all(self._sql.for_payment, (payment_id,))
+        return [_refund(row, self._sql.dialect) for row in rows]
 
     def pending(self, limit: int) -> Sequence[Refund]:
-        query = (
-            select(refunds)
-            .where(refunds.c.status == RefundStatus.PENDING.value)
-            .order_by(refunds.c.created_at, refunds.c.refund_key)
-            .limit(limit)
-        )
-        return [_refund(row) for row in self._all(query)]
+        return [_refund(row, self._sql.dialect) for row in self._all(self._sql.pending, (limit,))]
 
     def claim(self, refund_key: str) -> Refund | None:
-        row = self._first(
-            select(refunds).where(refunds.c.refund_key == refund_key,
-                                  refunds.c.status == RefundStatus.PENDING.value),
-            skip_locked=True,
-        )
-        return _refund(row) if row else None
+        refund = self._one(self._sql.claim, 0, refund_key)
+        return refund if refund and refund.status is RefundStatus.PENDING else None
+
+    def _one(self, read: Read, key_number: int, key: str) -> Refund | None:
+        row = self._find(read, key_number, key, (key,))
+        return _refund(row, self._sql.dialect) if row else None
 
 
-def _refund_values(refund: Refund) -> dict[str, object]:
-    return {
-        "payment_id": refund.payment_id,
-        "user_id": refund.user_id,
-        "amount_minor": refund.amount.amount_minor,
-        "currency": refund.amount.currency,
-        "coins": refund.coins,
-        "created_at": refund.created_at,
-        "updated_at": refund.updated_at,
-        "payment_intent_id": refund.payment_intent_id,
-        "reason": refund.reason,
-        "request_id": refund.request_id,
-        "stripe_refund_id": nullable(refund.stripe_refund_id),
-        "status": refund.status.value,
-        "shortfall": refund.shortfall,
-    }
+def _refund_row(refund: Refund, dialect: Dialect) -> Row:
+    time = dialect.time_to_db
+    return (
+        refund.refund_key, refund.payment_id, refund.user_id, refund.amount.amount_minor,
+        refund.amount.currency, refund.coins, time(refund.created_at), time(refund.updated_at),
+        refund.payment_intent_id, refund.reason, refund.request_id,
+        nullable(refund.stripe_refund_id), refund.status.value, refund.shortfall,
+    )
 
 
-def _refund(row: RowMapping) -> Refund:
+def _refund(row: Row, dialect: Dialect) -> Refund:
+    (refund_key, payment_id, user_id, amount_minor, currency, coins, created_at, updated_at,
+     payment_intent_id, reason, request_id, stripe_refund_id, status, shortfall) = row
     return Refund(
-        refund_key=row["refund_key"],
-        payment_id=row["payment_id"],
-        user_id=row["user_id"],
-        amount=Money(row["currency"], row["amount_minor"]),
-        coins=row["coins"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        payment_intent_id=row["payment_intent_id"],
-        reason=row["reason"],
-        request_id=row["request_id"],
-        stripe_refund_id=text(row["stripe_refund_id"]),
-        status=RefundStatus(row["status"]),
-        shortfall=row["shortfall"],
+        refund_key=refund_key,
+        payment_id=payment_id,
+        user_id=user_id,
+        amount=Money(currency, amount_minor),
+        coins=coins,
+        created_at=dialect.time_from_db(created_at),
+        updated_at=dialect.time_from_db(updated_at),
+        payment_intent_id=payment_intent_id,
+        reason=reason,
+        request_id=request_id,
+        stripe_refund_id=text(stripe_refund_id),
+        status=RefundStatus(status),
+        shortfall=shortfall,
     )

@@ -30,6 +30,7 @@ from billing.use_cases.get_payment_status import GetPaymentStatus
 from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
+from tests.blocking import blocking
 
 from .driver import DriverProbe
 from .sql_storm import PaidSession, runner
@@ -105,7 +106,8 @@ class Observed:
 
     def checkout(self, user_id: str) -> Callable[[], PaidSession]:
         def create() -> PaidSession:
-            created = CreateCheckout(self.units, self.gateway, CATALOG)(CreateCheckoutCommand(
+            create_checkout = blocking(CreateCheckout(self.units, self.gateway, CATALOG))
+            created = create_checkout(CreateCheckoutCommand(
                 user_id=user_id, package_id="coins_500", success_url="https://shop.example/ok",
                 cancel_url="https://shop.example/cancel", request_id=new_id("req"),
             ))

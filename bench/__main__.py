@@ -1,6 +1,6 @@
-"""`python -m bench` (`make bench`): the benchmarks of issues 7 and 11, each figure beside the
-same-run figure of its local limit (a bare server, pgbench, the peer); ends with one
-`bench: NAME value=V limit=L ratio=R bar=B ok|short` line per figure.
+"""`python -m bench` (`make bench`): the benchmarks of issues 7, 10 and 11, each figure beside the
+same-run figure of its local limit (a bare server, pgbench, the peer, the same scenario with a
+fast Stripe); ends with one `bench: NAME value=V limit=L ratio=R bar=B ok|short` line per figure.
 Exit status 1 if a figure misses its bar or could not be measured.
 
     python -m bench             every section, in this order (about 20 minutes on 2 cores)
@@ -10,13 +10,14 @@ Exit status 1 if a figure misses its bar or could not be measured.
                 trips per credit (bench/throughput.py)                                 ~2.5 min
       balance   GetBalance/s vs the gRPC read limit; CPU and round trips per call      ~1.5 min
       spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1.5 min
+      stripe    a slow Stripe: issue 10's five scenarios (bench/stripe.py)             ~6-9 min
       ledger    ListTransactions at 10k and 1M rows (bench/ledger_pages.py)            ~20 s
       memory    RSS after BENCH_MEMORY_REQUESTS mixed requests; takes what is left of
                 BENCH_BUDGET_S                                                          ~4 min
     python -m bench profile     py-spy profiles of `billing serve` under the spend, webhook and
                                 GetBalance loads (needs py-spy in the virtualenv)
 
-After the webhook, balance and spend loads: no double credit, no negative balance,
+After the webhook, balance, spend and stripe loads: no double credit, no negative balance,
 `billing audit` clean. The knobs (BENCH_DURATION_S, BENCH_RUNS, BENCH_WORKERS, ...) and their
 defaults are in bench/config.py.
 """
@@ -33,13 +34,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import grpc_load, results, service, throughput, util, wrk
+from bench import grpc_load, results, service, stripe, throughput, util, wrk
 from bench.config import BUDGET_S, DURATION_S, MEMORY_MAX_S, MEMORY_REQUESTS, RUNS
 from bench.results import FIGURES, guarded, note_cpu
 from bench.util import log
 
 MEMORY_WEBHOOK_EVERY = 10
-SECTIONS = ("startup", "webhook", "balance", "spend", "ledger", "memory")
+SECTIONS = ("startup", "webhook", "balance", "spend", "stripe", "ledger", "memory")
 LOGS = Path(tempfile.gettempdir()) / "bench-last-run"  # the serve logs of the last run
 
 
@@ -146,6 +147,8 @@ def run_all(sections: set[str]) -> None:
                 timed("startup", lambda: measure_startup(database))
         if sections & set(results.THROUGHPUT):
             timed("throughput", lambda: throughput.run(sections, folder, LOGS))
+        if "stripe" in sections:
+            timed("stripe", lambda: stripe.run(folder, LOGS))
         if "ledger" in sections:
             log("== ledger growth: bench/ledger_pages.py (ListTransactions at 10k and 1M rows)")
             timed("ledger", measure_ledger)
@@ -167,7 +170,7 @@ def _elapsed(started: float) -> str:
 def report(sections: set[str], elapsed_s: float) -> None:
     figures = results.selected(sections)
     log("")
-    log(f"== results: median of {RUNS} runs, each beside its same-run limit"
+    log(f"== results: each figure the median of its runs, beside its same-run limit"
         f" ({elapsed_s / 60:.1f} min)")
     if throughput.HTTP_LIMIT or throughput.PG_LIMIT:
         for name, values in (("http_limit_req_per_s", throughput.HTTP_LIMIT),

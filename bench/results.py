@@ -4,7 +4,7 @@ machine was doing meanwhile; the results table and the closing
 
 Each figure is a value (the median of its runs), the same-run limit or reference it is divided
 by, and the bar that ratio must meet. The limit is measured in the same run as the value (a bare
-server, pgbench, the peer), so a burst of load
+server, pgbench, the peer, the same scenario with the fake Stripe at 0 ms), so a burst of load
 from elsewhere on this shared machine moves both sides of the ratio alike; a figure whose bar is
 absolute (CPU per operation, round trips, start-up) has that bar as its limit. A figure that could
 not be measured prints nan, says why, and counts as short.
@@ -106,7 +106,7 @@ def _figures(*figures: Figure) -> dict[str, Figure]:
 
 
 THROUGHPUT = ("webhook", "balance", "spend")
-INTEGRITY = THROUGHPUT  # checked on each database a load wrote to
+INTEGRITY = (*THROUGHPUT, "stripe")  # checked on each database a load wrote to
 
 FIGURES = _figures(
     # -- issue 11: the hot paths -----------------------------------------------------------
@@ -134,6 +134,32 @@ FIGURES = _figures(
            aggregate=max),
     Figure("audit_exit_code", "", INTEGRITY, 1.0, "<=", fixed_limit=0.0, limit_name="bar",
            aggregate=max),
+    # -- issue 10: a slow Stripe (bench/stripe.py) ----------------------------------------------
+    Figure("stripe_probe_p99_ms", "ms", ("stripe",), 1.0, "<=",
+           limit_name="1.5 x GetBalance p99 at 0 ms + 10 ms"),
+    Figure("stripe_spend_probe_p99_ms", "ms", ("stripe",), 1.0, "<=",
+           limit_name="1.5 x SpendCoins p99 at 0 ms + 10 ms"),
+    Figure("stripe_webhook_credits_per_s", "credits/s", ("stripe",), 0.8,
+           limit_name="credits/s at 0 ms"),
+    Figure("stripe_burst_s", "s", ("stripe",), 1.0, "<=",
+           limit_name="burst at 0 ms + 1.5 x ideal"),
+    Figure("stripe_burst_probe_p99_ms", "ms", ("stripe",), 1.0, "<", fixed_limit=100.0,
+           limit_name="bar"),
+    Figure("stripe_shed_calls", "calls", ("stripe",), 1.0, "==",
+           limit_name="the excess over BILLING_STRIPE_MAX_CONCURRENCY"),
+    Figure("stripe_shed_ms", "ms", ("stripe",), 1.0, "<=", fixed_limit=50.0, limit_name="bar"),
+    Figure("stripe_shed_rows", "rows", ("stripe",), 1.0, "<=", fixed_limit=0.0,
+           limit_name="bar"),
+    Figure("stripe_shed_not_serving", "checks", ("stripe",), 1.0, "<=", fixed_limit=0.0,
+           limit_name="bar"),
+    Figure("stripe_deadline_exceeded", "", ("stripe",), 1.0, "==", fixed_limit=1.0,
+           limit_name="bar (1 = the client saw DEADLINE_EXCEEDED)"),
+    Figure("stripe_deadline_in_flight_zero_s", "s", ("stripe",), 1.0, "<=", fixed_limit=5.0,
+           limit_name="bar (the wait)"),
+    Figure("stripe_deadline_retry_ok", "", ("stripe",), 1.0, "==", fixed_limit=1.0,
+           limit_name="bar (1 = the retry succeeded)"),
+    Figure("stripe_deadline_sessions", "sessions", ("stripe",), 1.0, "==", fixed_limit=1.0,
+           limit_name="bar (exactly one Checkout Session)"),
     # -- issue 7: start-up, the ledger, memory -----------------------------------------------------
     Figure("ledger_first_page_ms_1m", "ms", ("ledger",), 1.5, "<=",
            limit_name="same page at 10k rows"),

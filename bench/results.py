@@ -207,14 +207,16 @@ BACKGROUND: list[float] = []  # CPU % used by processes outside the benchmark, p
 SATURATED: dict[str, list[str]] = {}  # label -> processes near 100 % of a core
 
 
-def guarded(label: str, action: Callable[[], None]) -> None:
-    """Run one benchmark step; a failure is reported and the others go on."""
+def guarded(label: str, action: Callable[[], None]) -> bool:
+    """Run one benchmark step; a failure is reported and the others go on. True if it ran."""
     try:
         action()
     except Exception as error:  # report and carry on: every other figure is still useful
         FAILURES.append(f"{label}: {type(error).__name__}: {error}")
         log(f"  !! {label} failed: {type(error).__name__}: {error}")
         traceback.print_exc(limit=3)
+        return False
+    return True
 
 
 def note_cpu(label: str, cpu: util.CpuWindow | None, costs: util.OpCosts | None = None,

@@ -58,6 +58,13 @@ SHED = "RESOURCE_EXHAUSTED/OVERLOADED:stripe_calls"
 
 
 def run(folder: Path, logs: Path) -> None:
+    try:
+        _run(folder, logs)
+    finally:
+        table()
+
+
+def _run(folder: Path, logs: Path) -> None:
     with util.throwaway_database("stripe") as database:
         util.migrate(database)
         fake = service.FakeStripe(folder, log_path=logs / "stripe-fake.log")
@@ -92,7 +99,6 @@ def run(folder: Path, logs: Path) -> None:
             fake.stop()
         log("== after the loads: double credits, negative balances, billing audit")
         guarded("integrity", lambda: throughput.check_integrity(database))
-    table()
 
 
 def _service(database: str, fake: service.FakeStripe, log_path: Path, workers: int,

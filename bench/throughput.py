@@ -112,10 +112,10 @@ def run(sections: set[str], folder: Path, logs: Path) -> None:
                 " for comparison)")
             guarded("billing serve", services.start)
             if "webhook" in sections:
-                webhook_section(services, limit_db, folder)
+                guarded("webhook", lambda: webhook_section(services, limit_db, folder))
             for mode in ("balance", "spend"):
                 if mode in sections:
-                    grpc_section(services, limit_db, mode)
+                    guarded(mode, lambda mode=mode: grpc_section(services, limit_db, mode))
             _workers_table(sections)
             for svc in services.all():
                 if svc.proc is not None and svc.proc.poll() is None:
@@ -203,21 +203,24 @@ def webhook_section(services: Services, limit_db: str, folder: Path) -> None:
         result = service_credit_run(r, svc, service_credits(svc, folder, f"wh{r}w{svc.workers}"))
         _record("webhook", services, svc, result.per_s, result.costs)
 
-    Peer.setup()
-    with util.throwaway_database("peer", owner="peer") as peer_db:
+    peer_ready = guarded("peer setup", Peer.setup)
+    with util.throwaway_database("peer", owner="peer" if peer_ready else None) as peer_db:
         http = HttpLimit(http_requests)
         peer = Peer(peer_db, folder)
         try:
-            peer.start(service.USERS)
-            log(f"  the peer: gunicorn pid {peer.pid} ({len(peer.pids())} processes) on port"
-                f" {peer.http_port}, database {peer_db}")
+            if peer_ready and guarded("peer start", lambda: peer.start(service.USERS)):
+                log(f"  the peer: gunicorn pid {peer.pid} ({len(peer.pids())} processes) on"
+                    f" port {peer.http_port}, database {peer_db}")
+            else:
+                FIGURES["webhook_credits_vs_peer"].not_measurable("the peer did not start")
             for r in range(1, RUNS + 1):
                 guarded(f"HTTP limit run {r}", lambda r=r: http.run(r))
                 guarded(f"Postgres limit run {r}",
                         lambda r=r: pg_limit_run(r, limit_db, sample_event.decode()))
                 guarded(f"webhooks run {r}",
                         lambda r=r: measured(r, services.main))
-                guarded(f"peer run {r}", lambda r=r: _peer_run(r, peer, folder))
+                if peer.pid:
+                    guarded(f"peer run {r}", lambda r=r: _peer_run(r, peer, folder))
             for n, svc in services.others.items():
                 guarded(f"webhooks at N={n}", lambda svc=svc: measured(0, svc))
         finally:

@@ -188,12 +188,19 @@ def table(figures: Sequence[Figure]) -> None:
     log(header)
     log("-" * len(header))
     for figure in figures:
-        limit_runs = util.join(figure.limits) if figure.limits else (
+        limit_runs = _runs(figure.limits) if figure.limits else (
             "(bar)" if figure.fixed_limit is not None else "-")
-        log(f"{figure.name:<33} {util.join(figure.values):<24} {fmt(figure.value):>9}"
+        log(f"{figure.name:<33} {_runs(figure.values):<24} {fmt(figure.value):>9}"
             f" {limit_runs:<24} {fmt(figure.limit):>9} {fmt(figure.ratio):>7}"
             f" {bar_text(figure):>7}  {'ok' if figure.ok else 'SHORT'}"
             + (f"  ({figure.remark})" if figure.remark else ""))
+
+
+def _runs(values: Sequence[float]) -> str:
+    """Each run's value, or their range when there are too many to list (bursts)."""
+    if len(values) <= 4:
+        return util.join(values)
+    return f"{len(values)}: {fmt(min(values))}..{fmt(max(values))}"
 
 
 def summary(figures: Sequence[Figure]) -> None:

@@ -171,8 +171,10 @@ class Service:
                                f"{self.tail()}")
 
     def rss_mb(self) -> float:
+        """Resident memory of every process of this billing serve (shared pages counted in each
+        process: an upper bound)."""
         self.alive()
-        return util.rss_mb(self.pid)
+        return sum(util.rss_mb(pid) for pid in self.pids())
 
     # -- data --------------------------------------------------------------------------------
     def first_package(self) -> str:

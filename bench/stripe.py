@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from bench import grpc_load, service, throughput, util
 from bench.config import (
@@ -175,7 +176,8 @@ def with_webhooks(svc: service.Service, fake: service.FakeStripe, package: str,
                   folder: Path) -> None:
     figure = FIGURES["stripe_webhook_credits_per_s"]
     log(f"== b. the same checkouts plus webhooks (wrk -c{WEBHOOK_CONNECTIONS}): credits/s at"
-        f" {STRIPE_LATENCY_MS} ms vs at 0 ms")
+        f" {STRIPE_LATENCY_MS} ms vs at 0 ms (the CPU per operation below counts the"
+        " checkouts' too)")
     for pair, latency in _pairs():
         _set_latency(fake, latency)
         requests_file = throughput.service_credits(svc, folder, _tag("swh", latency))
@@ -191,31 +193,45 @@ def with_webhooks(svc: service.Service, fake: service.FakeStripe, package: str,
 
 
 # -- c. bursts -------------------------------------------------------------------------------------
-class Peaks:
-    """Samples, every 20 ms while open, the connections to the fake Stripe (what the service's
-    HTTP pool really opens) and the service's Stripe calls-in-flight gauge; keeps the peaks."""
+class Sampler:
+    """Calls `sample()` every 20 ms on a thread of its own while open (a `with` block)."""
 
-    def __init__(self, svc: service.Service, fake_port: int) -> None:
-        self.connections, self.in_flight = 0, float("nan")
-        self._svc, self._port = svc, fake_port
+    every_s = 0.02
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.connections = max(self.connections, util.established_connections(self._port))
-            gauge = self._svc.metric(IN_FLIGHT)
-            if gauge is not None:
-                self.in_flight = gauge if math.isnan(self.in_flight) else max(
-                    self.in_flight, gauge)
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
 
-    def __enter__(self) -> Peaks:
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+class Peaks(Sampler):
+    """The peaks of the connections to the fake Stripe (what the service's HTTP pool really
+    opens) and of the service's Stripe calls-in-flight gauge."""
+
+    def __init__(self, svc: service.Service, fake_port: int) -> None:
+        super().__init__()
+        self.connections, self.in_flight = 0, float("nan")
+        self._svc, self._port = svc, fake_port
+
+    def sample(self) -> None:
+        self.connections = max(self.connections, util.established_connections(self._port))
+        gauge = self._svc.metric(IN_FLIGHT)
+        if gauge is not None:
+            self.in_flight = gauge if math.isnan(self.in_flight) else max(self.in_flight, gauge)
 
     def describe(self) -> str:
         gauge = ("no in-flight gauge" if math.isnan(self.in_flight)
@@ -263,38 +279,34 @@ def bursts(svc: service.Service, fake: service.FakeStripe, package: str) -> None
 
 
 # -- d. shedding -----------------------------------------------------------------------------------
-class HealthWatch:
-    """gRPC health checked every 20 ms (1 s deadline) while open: how many answers were not
-    SERVING, timeouts included."""
+class HealthWatch(Sampler):
+    """How many gRPC health checks (1 s deadline each) did not answer SERVING, timeouts
+    included."""
 
     def __init__(self, target: str) -> None:
-        self.checks, self.not_serving = 0, 0
-        self._target = target
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        with grpc.insecure_channel(self._target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while not self._stop.wait(0.02):
-                self.checks += 1
-                try:
-                    answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    serving = answer.status == health_pb2.HealthCheckResponse.SERVING
-                except grpc.RpcError:
-                    serving = False
-                self.not_serving += not serving
+        super().__init__()
+        self.checks, self.not_serving = 0, 0
+        self._channel = grpc.insecure_channel(target)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._request = health_pb2.HealthCheckRequest(service="")
+        self._serving = health_pb2.HealthCheckResponse.SERVING
 
-    def __enter__(self) -> HealthWatch:
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        import grpc
+
+        self.checks += 1
+        try:
+            serving = self._health.Check(self._request, timeout=1.0).status == self._serving
+        except grpc.RpcError:
+            serving = False
+        self.not_serving += not serving
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__exit__()
+        self._channel.close()
 
 
 def shedding(svc: service.Service, package: str) -> None:

@@ -18,6 +18,7 @@ no double credit, no negative balance, and `billing audit` clean.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import tempfile
 import time
@@ -54,14 +55,16 @@ class Operation:
     label: str
     per_s: str
     postgres_ms: list[float]
-    commits: list[float]
+    commits: list[float]  # per operation, on the single worker
+    rollbacks: list[float]
 
 
 OPERATIONS = {
-    "webhook": Operation("credit", "webhook credits", "webhook_credits_per_s", [], []),
-    "balance": Operation("get_balance", "GetBalance", "get_balance_per_s", [], []),
-    "spend": Operation("spend", "SpendCoins", "spend_per_s", [], []),
+    "webhook": Operation("credit", "webhook credits", "webhook_credits_per_s", [], [], []),
+    "balance": Operation("get_balance", "GetBalance", "get_balance_per_s", [], [], []),
+    "spend": Operation("spend", "SpendCoins", "spend_per_s", [], [], []),
 }
+PEER_CPU_MS: list[float] = []  # the peer's CPU per credit, per run (beside the service's)
 # Per worker count, per section: (operations/s, CPU ms per operation) of each run.
 BY_WORKERS: dict[int, dict[str, list[tuple[float, float]]]] = {}
 
@@ -120,7 +123,7 @@ def run(sections: set[str], folder: Path, logs: Path) -> None:
             for svc in services.all():
                 if svc.proc is not None and svc.proc.poll() is None:
                     log(f"  RSS of billing serve (w{svc.workers}) after the throughput runs:"
-                        f" {sum(util.rss_mb(pid) for pid in svc.pids()):.1f} MB")
+                        f" {svc.rss_mb():.1f} MB")
         finally:
             services.stop()
         log("== after the loads: double credits, negative balances, billing audit")
@@ -209,8 +212,8 @@ def webhook_section(services: Services, limit_db: str, folder: Path) -> None:
         peer = Peer(peer_db, folder)
         try:
             if peer_ready and guarded("peer start", lambda: peer.start(service.USERS)):
-                log(f"  the peer: gunicorn pid {peer.pid} ({len(peer.pids())} processes) on"
-                    f" port {peer.http_port}, database {peer_db}")
+                log(f"  the peer: gunicorn pid {peer.pid} on port {peer.http_port}, database"
+                    f" {peer_db}")
             else:
                 FIGURES["webhook_credits_vs_peer"].not_measurable("the peer did not start")
             for r in range(1, RUNS + 1):
@@ -238,6 +241,7 @@ def _peer_run(r: int, peer: Peer, folder: Path) -> None:
     result = webhook_load.run(peer, "peer", requests_file, duration_s=DURATION_S,
                               connections=HTTP_CONNECTIONS)
     FIGURES["webhook_credits_vs_peer"].limits.append(result.per_s)
+    PEER_CPU_MS.append(result.costs.cpu_ms)
     log(f"  [{r}] webhooks -> the peer (gunicorn -w 5, wrk -c{HTTP_CONNECTIONS}):"
         f" {result.describe()}")
     note_cpu("peer", result.cpu, result.costs, "peer")
@@ -314,16 +318,20 @@ def _record(section: str, services: Services, svc: service.Service, per_s: float
         FIGURES[f"cpu_ms_per_{operation.name}"].note = (
             f"Postgres backends: {fmt(util.median(operation.postgres_ms))} ms per operation;"
             f" summed over {len(svc.pids())} process(es) of billing serve"
-            f" (BILLING_WORKERS={svc.workers})")
+            f" (BILLING_WORKERS={svc.workers})"
+            + (f"; the peer: {fmt(util.median(PEER_CPU_MS))} ms" if section == "webhook"
+               and PEER_CPU_MS else ""))
     if svc is services.counting:
         figure = FIGURES[f"db_round_trips_per_{operation.name}"]
-        operation.commits.append(costs.commits + costs.rollbacks)
-        if costs.round_trips == costs.round_trips:  # not nan: the service counts them
+        operation.commits.append(costs.commits)
+        operation.rollbacks.append(costs.rollbacks)
+        if costs.round_trips is not None and not math.isnan(costs.round_trips):
             figure.values.append(costs.round_trips)
         else:
             figure.not_measurable(f"billing serve exports no {service.ROUND_TRIPS} on /metrics")
-        figure.note = (f"cross-check: {fmt(util.median(operation.commits))} transactions per"
-                       " operation in pg_stat_database (BILLING_WORKERS=1)")
+        figure.note = (f"cross-check on one worker: pg_stat_database xact_commit"
+                       f" {fmt(util.median(operation.commits))} (+ xact_rollback"
+                       f" {fmt(util.median(operation.rollbacks))}) per operation")
 
 
 def _workers_table(sections: set[str]) -> None:

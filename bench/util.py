@@ -359,7 +359,8 @@ class CpuWindow:
             cpu_ms=self.result.get(group, float("nan")) * 10 / ops_per_s,
             pg_ms=(self.result.get("postgres backends", 0.0) * 10 / ops_per_s
                    if self.database else float("nan")),
-            round_trips=self.deltas.get("round trips", float("nan")) / ops,
+            round_trips=(self.deltas["round trips"] / ops if "round trips" in self.deltas
+                         else None),
             commits=self.pg_commits / ops if self.database else float("nan"),
             rollbacks=self.pg_rollbacks / ops if self.database else float("nan"),
         )
@@ -402,16 +403,18 @@ class OpCosts:
     ops: float
     cpu_ms: float  # CPU milliseconds in the measured group of processes
     pg_ms: float  # ... in the Postgres backends of its database
-    round_trips: float  # database round trips the service counted (nan: it exports none)
+    # Database round trips the service counted (nan: it exports none; None: not asked here).
+    round_trips: float | None
     commits: float  # pg_stat_database.xact_commit (approximate: Postgres flushes it ~1/s)
     rollbacks: float
 
     def describe(self, group: str) -> str:
-        trips = ("round trips not counted by the service" if math.isnan(self.round_trips)
-                 else f"{self.round_trips:.2f} database round trips")
+        trips = ("" if self.round_trips is None
+                 else "round trips not counted by the service, " if math.isnan(self.round_trips)
+                 else f"{self.round_trips:.2f} database round trips, ")
         postgres = ("" if group == "postgres backends" or math.isnan(self.pg_ms)
                     else f", {self.pg_ms:.2f} ms in Postgres backends")
-        database = ("" if math.isnan(self.commits) else f"; {trips}, {self.commits:.2f}"
+        database = ("" if math.isnan(self.commits) else f"; {trips}{self.commits:.2f}"
                     f" commits + {self.rollbacks:.2f} rollbacks in pg_stat_database")
         return f"per operation: {self.cpu_ms:.2f} ms CPU in {group}{postgres}{database}"
 

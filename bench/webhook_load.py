@@ -3,6 +3,8 @@
 time; the figure is credits per second, read back from the target's own database, not from wrk's
 200s. Over the same window it records the target's CPU (every process of it), its Postgres
 backends' CPU and transactions, and any counter it is given (the service's round trips).
+The service and the peer go through this same function, so the ratio between them compares the
+same work under the same load, on the same machine, minutes apart.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class Peer:
         out = _script("run.sh", self._env)
         self.pid = int(out.split()[-1])
         util.execute(self.database, "INSERT INTO users (id, coin_balance)"
-                     " SELECT n, 0 FROM generate_series(1, %s) AS n", (users,))
+                                    " SELECT n, 0 FROM generate_series(1, %s) AS n", (users,))
 
     def stop(self) -> None:
         if self.pid:
@@ -59,12 +59,12 @@ class Peer:
         return util.process_tree(self.pid)
 
     def credits(self) -> int:
-        total = util.query_one(self.database, "SELECT coalesce(sum(coin_balance), 0) FROM users")
+        total = util.execute(self.database, "SELECT coalesce(sum(coin_balance), 0) FROM users")
         return int(total) // (COINS + BONUS)
 
     def webhook_bodies(self, count: int, tag: str) -> list[bytes]:
         """`count` PENDING sessions spread over the users, and the signed paid event of each."""
-        users = int(util.query_one(self.database, "SELECT count(*) FROM users"))
+        users = int(util.execute(self.database, "SELECT count(*) FROM users"))
         util.execute(
             self.database,
             "INSERT INTO payment_sessions (session_id, user_id, amount_usd, coins, bonus, status)"

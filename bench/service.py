@@ -207,7 +207,7 @@ class Service:
             connection.close()
 
     def count(self, sql: str) -> int:
-        return int(util.query_one(self.database, sql) or 0)
+        return int(util.execute(self.database, sql) or 0)
 
     def credits(self) -> int:
         """Purchases credited so far (ledger rows)."""

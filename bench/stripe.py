@@ -329,7 +329,7 @@ def shedding(svc: service.Service, package: str) -> None:
     if shed:
         shed_ms.values.append(max(s.latency_s for s in shed) * 1000)
         shed_ms.note = "the slowest shed call, from its send to its answer"
-        rows.values.append(util.query_one(
+        rows.values.append(util.execute(
             svc.database, "SELECT count(*) FROM payments WHERE request_id = ANY(%s)",
             ([s.key for s in shed],)))
     else:
@@ -373,8 +373,8 @@ def deadline(svc: service.Service, fake: service.FakeStripe, package: str) -> No
         except grpc.RpcError as error:
             retry = error.code().name
     FIGURES["stripe_deadline_retry_ok"].values.append(float(retry.startswith("OK")))
-    payment_id = util.query_one(svc.database, "SELECT payment_id FROM payments"
-                                " WHERE request_id = %s", (request_id,))
+    payment_id = util.execute(svc.database, "SELECT payment_id FROM payments"
+                              " WHERE request_id = %s", (request_id,))
     sessions = fake.sessions_for(payment_id) if payment_id else 0
     FIGURES["stripe_deadline_sessions"].values.append(sessions)
     log(f"  first call: {code.name}; in-flight gauge back to 0 after {zero_after};"

@@ -146,10 +146,7 @@ class HttpLimit:
                          connections=HTTP_CONNECTIONS)
         wrk_pid = runner.start()
         cpu = util.CpuWindow(groups={"bare aiohttp": [self.proc.pid], "wrk": [wrk_pid]})
-        time.sleep(0.5)
-        cpu.start()
-        time.sleep(max(0.5, DURATION_S - 1.0))
-        cpu.stop()
+        cpu.over_middle(DURATION_S)
         result = runner.result(timeout_s=DURATION_S + 30)
         if result.non_2xx or result.socket_errors:
             raise RuntimeError(f"the bare HTTP app failed requests: {result.describe()}")
@@ -356,8 +353,8 @@ NEGATIVE_BALANCES_SQL = "SELECT count(*) FROM accounts WHERE balance < 0"
 
 def check_integrity(database: str) -> None:
     """Sessions credited more than once, negative balances, and `billing audit`'s exit code."""
-    double = int(util.query_one(database, DOUBLE_CREDITS_SQL))
-    negative = int(util.query_one(database, NEGATIVE_BALANCES_SQL))
+    double = int(util.execute(database, DOUBLE_CREDITS_SQL))
+    negative = int(util.execute(database, NEGATIVE_BALANCES_SQL))
     FIGURES["double_credits"].values.append(double)
     FIGURES["negative_balances"].values.append(negative)
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as empty:  # no .env there

@@ -110,24 +110,15 @@ def migrate(database: str) -> None:
                            f"{done.stderr.decode(errors='replace')[-3000:]}")
 
 
-def query_one(database: str, sql: str, params: tuple[object, ...] = ()) -> Any:
-    """The first column of the first row of one query (None when there is no row)."""
+def execute(database: str, sql: str, params: object = ()) -> Any:
+    """One statement in its own transaction; the first column of its first row when it returns
+    rows (None otherwise)."""
     connection = psycopg2.connect(pg_dsn(database), connect_timeout=5)
     try:
         with connection, connection.cursor() as cursor:
             cursor.execute(sql, params)
-            row = cursor.fetchone()
+            row = cursor.fetchone() if cursor.description else None
             return row[0] if row else None
-    finally:
-        connection.close()
-
-
-def execute(database: str, sql: str, params: object = ()) -> None:
-    """One statement in its own transaction."""
-    connection = psycopg2.connect(pg_dsn(database), connect_timeout=5)
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
     finally:
         connection.close()
 
@@ -164,18 +155,24 @@ def proc_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
+def _proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, the contents of /proc/PID/`name`) of every process, but those gone meanwhile."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/{name}", "rb") as file:
+                    contents = file.read()
+            except OSError:
+                continue
+            yield int(entry), contents
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and every process descended from it (a supervisor and its workers), from /proc."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
+    for child, stat in _proc_files("stat"):
+        parent = int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the state
+        children.setdefault(parent, []).append(child)
     tree, pending = [], [pid]
     while pending:
         current = pending.pop()
@@ -217,35 +214,23 @@ def machine_ticks() -> tuple[int, int]:
 def postgres_backends(database: str) -> list[int]:
     """Pids of the Postgres backends connected to `database` (their cmdline names it)."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                words = cmdline.read().replace(b"\0", b" ").split()
-        except OSError:
-            continue
+    for pid, cmdline in _proc_files("cmdline"):
+        words = cmdline.replace(b"\0", b" ").split()
         # "postgres: [15/main: ]USER DATABASE HOST(PORT) STATE" (Debian adds the cluster name)
         if words[:1] == [b"postgres:"] and database.encode() in words[2:4]:
-            pids.append(int(entry))
+            pids.append(pid)
     return pids
 
 
 def postgres_other() -> list[int]:
     """Pids of Postgres' own processes (WAL writer, checkpointer, ...), not backends."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                text = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+    for pid, cmdline in _proc_files("cmdline"):
+        text = cmdline.replace(b"\0", b" ").decode(errors="replace")
         if text.startswith("postgres: ") and any(
             word in text for word in ("walwriter", "checkpointer", "background writer",
                                       "autovacuum", "logical replication", "stats")):
-            pids.append(int(entry))
+            pids.append(pid)
     return pids
 
 
@@ -346,6 +331,14 @@ class CpuWindow:
             first, last = self._counters0[name], read()
             self.deltas[name] = float("nan") if first is None or last is None else last - first
         return self.result
+
+    def over_middle(self, duration_s: float) -> None:
+        """Measure the middle of a load of `duration_s` that has just started: from 0.5 s in
+        (its connections made) to about 0.5 s before its end."""
+        time.sleep(0.5)
+        self.start()
+        time.sleep(max(0.5, duration_s - 1.0))
+        self.stop()
 
     def costs(self, group: str, ops_per_s: float) -> OpCosts:
         """What one operation cost over the window, at `ops_per_s`: CPU in `group` and in the

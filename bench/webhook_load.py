@@ -73,10 +73,7 @@ def run(target: Target, name: str, requests_file: Path, *, duration_s: float,
     wrk_pid = runner.start()
     cpu = util.CpuWindow(groups={name: target.pids(), "wrk": [wrk_pid]}, database=target.database,
                          counters={"credits": target.credits, **(counters or {})})
-    time.sleep(0.5)  # connected and going
-    cpu.start()
-    time.sleep(max(0.5, duration_s - 1.0))
-    cpu.stop()
+    cpu.over_middle(duration_s)
     result = runner.result(timeout_s=duration_s + 60)
     time.sleep(0.2)  # the last answers' commits
     credits = target.credits() - before

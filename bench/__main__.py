@@ -3,17 +3,18 @@ same-run figure of its local limit (a bare server, pgbench, the peer, the same s
 fast Stripe); ends with one `bench: NAME value=V limit=L ratio=R bar=B ok|short` line per figure.
 Exit status 1 if a figure misses its bar or could not be measured.
 
-    python -m bench             every section, in this order (about 20 minutes on 2 cores)
-    python -m bench SECTION...  only some; each runs alone, and only its figures are reported:
-      startup   launch to gRPC health SERVING, /healthz and /readyz (3 runs)           ~15 s
+    python -m bench             every section, in this order (about 16 minutes on 2 cores)
+    python -m bench SECTION...  only some; each runs alone, and only its figures are reported
+                                (times of the last full run, other work on the machine included):
+      startup   launch to gRPC health SERVING, /healthz and /readyz (3 runs)           ~5 s
       webhook   credits/s vs the HTTP and Postgres limits and the peer; CPU and round
-                trips per credit (bench/throughput.py)                                 ~2.5 min
-      balance   GetBalance/s vs the gRPC read limit; CPU and round trips per call      ~1.5 min
-      spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1.5 min
-      stripe    a slow Stripe: issue 10's five scenarios (bench/stripe.py)             ~6-9 min
+                trips per credit (bench/throughput.py)                                 ~2 min
+      balance   GetBalance/s vs the gRPC read limit; CPU and round trips per call      ~1 min
+      spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1 min
+      stripe    a slow Stripe: issue 10's five scenarios (bench/stripe.py)             ~8 min
       ledger    ListTransactions at 10k and 1M rows (bench/ledger_pages.py)            ~20 s
-      memory    RSS after BENCH_MEMORY_REQUESTS mixed requests; takes what is left of
-                BENCH_BUDGET_S                                                          ~4 min
+      memory    RSS after BENCH_MEMORY_REQUESTS mixed requests, within what is left of
+                BENCH_BUDGET_S                                                         ~3.5 min
     python -m bench profile     py-spy profiles of `billing serve` under the spend, webhook and
                                 GetBalance loads (needs py-spy in the virtualenv)
 

@@ -22,7 +22,7 @@ import math
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import grpc_bare, grpc_load, pg_limit, service, util, webhook_load, wrk
@@ -54,15 +54,15 @@ class Operation:
     name: str  # as in the figures: credit, get_balance, spend
     label: str
     per_s: str
-    postgres_ms: list[float]
-    commits: list[float]  # per operation, on the single worker
-    rollbacks: list[float]
+    postgres_ms: list[float] = field(default_factory=list)  # per operation, per measured run
+    commits: list[float] = field(default_factory=list)  # per operation, on the single worker
+    rollbacks: list[float] = field(default_factory=list)
 
 
 OPERATIONS = {
-    "webhook": Operation("credit", "webhook credits", "webhook_credits_per_s", [], [], []),
-    "balance": Operation("get_balance", "GetBalance", "get_balance_per_s", [], [], []),
-    "spend": Operation("spend", "SpendCoins", "spend_per_s", [], [], []),
+    "webhook": Operation("credit", "webhook credits", "webhook_credits_per_s"),
+    "balance": Operation("get_balance", "GetBalance", "get_balance_per_s"),
+    "spend": Operation("spend", "SpendCoins", "spend_per_s"),
 }
 PEER_CPU_MS: list[float] = []  # the peer's CPU per credit, per run (beside the service's)
 # Per worker count, per section: (operations/s, CPU ms per operation) of each run.
@@ -119,7 +119,7 @@ def run(sections: set[str], folder: Path, logs: Path) -> None:
             for mode in ("balance", "spend"):
                 if mode in sections:
                     guarded(mode, lambda mode=mode: grpc_section(services, limit_db, mode))
-            _workers_table(sections)
+            _workers_table()
             for svc in services.all():
                 if svc.proc is not None and svc.proc.poll() is None:
                     log(f"  RSS of billing serve (w{svc.workers}) after the throughput runs:"
@@ -331,7 +331,7 @@ def _record(section: str, services: Services, svc: service.Service, per_s: float
                        f" {fmt(util.median(operation.rollbacks))}) per operation")
 
 
-def _workers_table(sections: set[str]) -> None:
+def _workers_table() -> None:
     if not BY_WORKERS:
         return
     log(f"== throughput by worker count (N={WORKERS}: median of its runs; the others: one run)")

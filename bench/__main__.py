@@ -5,12 +5,12 @@ Exit status 1 if a figure misses its bar or could not be measured.
 
     python -m bench             every section, in this order (about 16 minutes on 2 cores)
     python -m bench SECTION...  only some; each runs alone, and only its figures are reported
-                                (times of the last full run, other work on the machine included):
+                                (times of a run alone, set-up included, on the shared machine):
       startup   launch to gRPC health SERVING, /healthz and /readyz (3 runs)           ~5 s
       webhook   credits/s vs the HTTP and Postgres limits and the peer; CPU and round
                 trips per credit (bench/throughput.py)                                 ~2 min
-      balance   GetBalance/s vs the gRPC read limit; CPU and round trips per call      ~1 min
-      spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1 min
+      balance   GetBalance/s vs the gRPC read limit; CPU and round trips per call      ~1.2 min
+      spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1.2 min
       stripe    a slow Stripe: issue 10's five scenarios (bench/stripe.py)             ~8 min
       ledger    ListTransactions at 10k and 1M rows (bench/ledger_pages.py)            ~20 s
       memory    RSS after BENCH_MEMORY_REQUESTS mixed requests, within what is left of

@@ -40,8 +40,10 @@ lint: $(STAMP)
 check-prometheus: $(STAMP)
 	$(PY) deploy/prometheus/check_metrics.py
 
-# Benchmarks against same-run local limits (issue 7); never part of `make test`. Needs the local
-# Postgres (127.0.0.1:5432, user postgres), pgbench, and wrk (installed here when missing).
+# Benchmarks against same-run local limits and the peer (issues 7, 10, 11; bench/__main__.py says
+# what each section prints); never part of `make test`. Needs the local Postgres (127.0.0.1:5432,
+# user postgres), pgbench, wrk (installed here when missing) and ../shared/peer_flask (its
+# setup.sh makes its virtualenv on first use). `python -m bench SECTION` runs one section.
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y -q wrk >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import service, util, wrk
+from bench.config import RUNS
+from bench.results import FAILURES, FIGURES, guarded
 
 FLOOD_S = 10.0
 QUIET_S = 5.0
@@ -146,7 +148,8 @@ def legit_log_bytes(log_path: Path, start: int, ids: set[str]) -> tuple[int, int
 
 
 def run(r: int, database: str, folder: Path, logs: Path) -> AbuseRun:
-    svc = service.Service(database, log_path=logs / f"serve-abuse-{r}.log", log_level="INFO")
+    svc = service.Service(database, log_path=logs / f"serve-abuse-{r}.log",
+                          env={"BILLING_LOG_LEVEL": "INFO"})
     try:
         svc.start()
         ensure_a_session(svc)
@@ -216,3 +219,21 @@ def svc_count(database: str, sql: str) -> tuple[int, int]:
             return int(first), int(second)
     finally:
         connection.close()
+
+
+def measure(logs: Path, folder: Path) -> None:
+    """RUNS runs on a database of their own; the figures into bench.results."""
+    with util.throwaway_database("abuse") as database:
+        util.migrate(database)
+        for r in range(1, RUNS + 1):
+            def one(r: int = r) -> None:
+                result = run(r, database, folder, logs)
+                util.log(f"  [{r}] {result.describe()}")
+                FIGURES["flood_log_growth_kb"].values.append(result.log_kb)
+                FIGURES["flood_legit_p99_ms"].values.append(result.flood_p99_ms)
+                FIGURES["flood_legit_p99_ms"].limits.append(result.quiet_p99_ms)
+                FIGURES["flood_cpu_ms_per_refused"].values.append(result.cpu_ms_per_refusal)
+                for note in result.notes:
+                    FAILURES.append(f"abuse run {r}: {note}")
+                    util.log(f"    !! {note}")
+            guarded(f"abuse run {r}", one)

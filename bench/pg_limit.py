@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,10 +90,7 @@ def run(database: str, payload: str, *, clients: int, duration_s: float) -> Pgbe
                 "-D", f"payload={payload}", database]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         cpu = util.CpuWindow(groups={"pgbench": [proc.pid]}, database=database)
-        time.sleep(0.5)  # connections made
-        cpu.start()
-        time.sleep(max(0.5, duration_s - 1.0))
-        cpu.stop()
+        cpu.over_middle(duration_s)
         try:
             out, err = proc.communicate(timeout=duration_s + 60)
         except subprocess.TimeoutExpired:

@@ -36,7 +36,7 @@ def py_spy() -> str:
 
 def record(pid: int, seconds: int, out: Path, gil: bool) -> None:
     args = [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
-            "--output", str(out), "--rate", "200"]
+            "--output", str(out), "--rate", "200", "--subprocesses"]  # every worker
     if gil:
         args.append("--gil")
     subprocess.run(args, check=True, capture_output=True, timeout=seconds + 60)
@@ -93,10 +93,7 @@ def main(argv: list[str]) -> int:
         svc = service.Service(database)
         try:
             svc.start()
-            grpc_load.run_load(svc.target, "grant", count=1000, token=svc.token,
-                               key_prefix="grant", grant_coins=1_000_000)
-            grpc_load.run_load(svc.target, "checkout", count=50, token=svc.token,
-                               key_prefix="checkout", package_id=svc.first_package())
+            service.prepare(svc, sessions=50)
             for load in ("spend", "webhook", "balance"):
                 for gil in (False, True):
                     out = OUT / f"bench-profile-{load}{'-gil' if gil else ''}.txt"
@@ -117,10 +114,8 @@ def _start_load(load: str, svc: service.Service, seconds: float, folder: Path, g
     """Start a load in the background; returns a function that waits and describes it."""
     if load == "webhook":
         tag = f"prof{int(time.time())}{int(gil)}"
-        service.clone_sessions(svc.database, 20_000, tag)
         requests_file = folder / f"{tag}.txt"
-        wrk.write_requests(requests_file, service.webhook_bodies(
-            svc.pending_sessions(request_prefix=tag), tag))
+        wrk.write_requests(requests_file, svc.webhook_bodies(20_000, tag))
         runner = wrk.Wrk(svc.http_port, requests_file, seconds, distinct=True)
         runner.start()
         return lambda: runner.result(seconds + 60).describe()

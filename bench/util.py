@@ -7,6 +7,7 @@ Everything listens on 127.0.0.1 only; every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -16,9 +17,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -84,10 +86,11 @@ def _admin(sql: str, params: tuple[object, ...] = ()) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_database(prefix: str) -> Iterator[str]:
-    """A new empty database, dropped afterwards whatever happens."""
+def throwaway_database(prefix: str, owner: str | None = None) -> Iterator[str]:
+    """A new empty database (owned by `owner`, else by the admin user), dropped afterwards
+    whatever happens."""
     name = f"bench_{prefix}_{uuid.uuid4().hex[:10]}"
-    _admin(f'CREATE DATABASE "{name}"')
+    _admin(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
     try:
         yield name
     finally:
@@ -105,6 +108,19 @@ def migrate(database: str) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"billing migrate failed ({done.returncode}):\n"
                            f"{done.stderr.decode(errors='replace')[-3000:]}")
+
+
+def execute(database: str, sql: str, params: object = ()) -> Any:
+    """One statement in its own transaction; the first column of its first row when it returns
+    rows (None otherwise)."""
+    connection = psycopg2.connect(pg_dsn(database), connect_timeout=5)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone() if cursor.description else None
+            return row[0] if row else None
+    finally:
+        connection.close()
 
 
 def seed_accounts(database: str, users: int, balance: int) -> None:
@@ -139,6 +155,45 @@ def proc_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
+def _proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, the contents of /proc/PID/`name`) of every process, but those gone meanwhile."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/{name}", "rb") as file:
+                    contents = file.read()
+            except OSError:
+                continue
+            yield int(entry), contents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descended from it (a supervisor and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for child, stat in _proc_files("stat"):
+        parent = int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the state
+        children.setdefault(parent, []).append(child)
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    return tree
+
+
+def established_connections(port: int) -> int:
+    """TCP connections in state ESTABLISHED whose local port is `port` (a server's side)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as lines:
+            next(lines, None)
+            for line in lines:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
@@ -159,35 +214,23 @@ def machine_ticks() -> tuple[int, int]:
 def postgres_backends(database: str) -> list[int]:
     """Pids of the Postgres backends connected to `database` (their cmdline names it)."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                words = cmdline.read().replace(b"\0", b" ").split()
-        except OSError:
-            continue
+    for pid, cmdline in _proc_files("cmdline"):
+        words = cmdline.replace(b"\0", b" ").split()
         # "postgres: [15/main: ]USER DATABASE HOST(PORT) STATE" (Debian adds the cluster name)
         if words[:1] == [b"postgres:"] and database.encode() in words[2:4]:
-            pids.append(int(entry))
+            pids.append(pid)
     return pids
 
 
 def postgres_other() -> list[int]:
     """Pids of Postgres' own processes (WAL writer, checkpointer, ...), not backends."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                text = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+    for pid, cmdline in _proc_files("cmdline"):
+        text = cmdline.replace(b"\0", b" ").decode(errors="replace")
         if text.startswith("postgres: ") and any(
             word in text for word in ("walwriter", "checkpointer", "background writer",
                                       "autovacuum", "logical replication", "stats")):
-            pids.append(int(entry))
+            pids.append(pid)
     return pids
 
 
@@ -209,8 +252,13 @@ class CpuWindow:
     machine: float = 0.0
     cores: int = 1
     pg_sessions: int = 0
-    pg_transactions: int = 0
+    pg_commits: int = 0
+    pg_rollbacks: int = 0
     elapsed: float = 0.0
+    # Named counters read at both ends of the window (None: not available): operations done,
+    # database round trips reported by the service, ...; their differences land in `deltas`.
+    counters: dict[str, Callable[[], float | None]] = field(default_factory=dict)
+    deltas: dict[str, float] = field(default_factory=dict)
 
     def _pids(self) -> dict[str, list[int]]:
         groups = {name: list(pids) for name, pids in self.groups.items()}
@@ -220,6 +268,7 @@ class CpuWindow:
         return groups
 
     def start(self) -> None:
+        self._counters0 = {name: read() for name, read in self.counters.items()}
         self._resolved = self._pids()
         self._first: dict[int, int] = {}
         self._last: dict[int, int] = {}
@@ -228,7 +277,7 @@ class CpuWindow:
                 ticks = proc_ticks(pid)
                 if ticks is not None:
                     self._first[pid] = self._last[pid] = ticks
-        self._pg0 = _pg_counters(self.database) if self.database else (0, 0)
+        self._pg0 = _pg_counters(self.database) if self.database else (0, 0, 0)
         self._machine = machine_ticks()
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -256,9 +305,10 @@ class CpuWindow:
         if self._sampler is not None:
             self._sampler.join(5)
         if self.database is not None:
-            sessions, transactions = _pg_counters(self.database)
+            sessions, commits, rollbacks = _pg_counters(self.database)
             self.pg_sessions = sessions - self._pg0[0]
-            self.pg_transactions = transactions - self._pg0[1]
+            self.pg_commits = commits - self._pg0[1]
+            self.pg_rollbacks = rollbacks - self._pg0[2]
         self.result, self.top_single = {}, {}
         for name, pids in self._resolved.items():
             total, single = 0.0, 0.0
@@ -277,7 +327,40 @@ class CpuWindow:
         cores = os.cpu_count() or 1
         self.machine = (busy1 - busy0) / max(total1 - total0, 1) * 100 * cores
         self.cores = cores
+        for name, read in self.counters.items():
+            first, last = self._counters0[name], read()
+            self.deltas[name] = float("nan") if first is None or last is None else last - first
         return self.result
+
+    def over_middle(self, duration_s: float) -> None:
+        """Measure the middle of a load of `duration_s` that has just started: from 0.5 s in
+        (its connections made) to about 0.5 s before its end."""
+        time.sleep(0.5)
+        self.start()
+        time.sleep(max(0.5, duration_s - 1.0))
+        self.stop()
+
+    def costs(self, group: str, ops_per_s: float) -> OpCosts:
+        """What one operation cost over the window, at `ops_per_s`: CPU in `group` and in the
+        Postgres backends, and (when the counters exist) the service's database round trips."""
+        ops = ops_per_s * self.elapsed
+        if not ops > 0:
+            nan = float("nan")
+            return OpCosts(0.0, nan, nan, nan, nan, nan)
+        return OpCosts(
+            ops=ops,
+            cpu_ms=self.result.get(group, float("nan")) * 10 / ops_per_s,
+            pg_ms=(self.result.get("postgres backends", 0.0) * 10 / ops_per_s
+                   if self.database else float("nan")),
+            round_trips=(self.deltas["round trips"] / ops if "round trips" in self.deltas
+                         else None),
+            commits=self.pg_commits / ops if self.database else float("nan"),
+            rollbacks=self.pg_rollbacks / ops if self.database else float("nan"),
+        )
+
+    @property
+    def pg_transactions(self) -> int:
+        return self.pg_commits + self.pg_rollbacks
 
     @property
     def others(self) -> float:
@@ -304,6 +387,29 @@ class CpuWindow:
         """Single processes near 100 % of one core (a Python process's GIL ceiling)."""
         return [f"{name} {self.top_single[name]:.0f}%" for name in self.top_single
                 if self.top_single[name] >= threshold]
+
+
+@dataclass(frozen=True)
+class OpCosts:
+    """The cost of one operation over a measured window."""
+
+    ops: float
+    cpu_ms: float  # CPU milliseconds in the measured group of processes
+    pg_ms: float  # ... in the Postgres backends of its database
+    # Database round trips the service counted (nan: it exports none; None: not asked here).
+    round_trips: float | None
+    commits: float  # pg_stat_database.xact_commit (approximate: Postgres flushes it ~1/s)
+    rollbacks: float
+
+    def describe(self, group: str) -> str:
+        trips = ("" if self.round_trips is None
+                 else "round trips not counted by the service, " if math.isnan(self.round_trips)
+                 else f"{self.round_trips:.2f} database round trips, ")
+        postgres = ("" if group == "postgres backends" or math.isnan(self.pg_ms)
+                    else f", {self.pg_ms:.2f} ms in Postgres backends")
+        database = ("" if math.isnan(self.commits) else f"; {trips}{self.commits:.2f}"
+                    f" commits + {self.rollbacks:.2f} rollbacks in pg_stat_database")
+        return f"per operation: {self.cpu_ms:.2f} ms CPU in {group}{postgres}{database}"
 
 
 # -- subprocesses --------------------------------------------------------------------------------
@@ -351,17 +457,17 @@ def join(values: Iterable[float]) -> str:
     return " / ".join(fmt(v) for v in values)
 
 
-def _pg_counters(database: str) -> tuple[int, int]:
-    """(sessions opened, transactions committed + rolled back) so far for `database`; every
-    statement outside a transaction block counts as one transaction."""
+def _pg_counters(database: str) -> tuple[int, int, int]:
+    """(sessions opened, transactions committed, transactions rolled back) so far for `database`;
+    every statement outside a transaction block counts as one transaction."""
     connection = psycopg2.connect(pg_dsn("postgres"), connect_timeout=5)
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT sessions, xact_commit + xact_rollback FROM pg_stat_database"
+            cursor.execute("SELECT sessions, xact_commit, xact_rollback FROM pg_stat_database"
                            " WHERE datname = %s", (database,))
             row = cursor.fetchone()
     finally:
         connection.close()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)

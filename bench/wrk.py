@@ -96,6 +96,13 @@ def write_requests(path: Path, bodies: list[bytes], secret: str = SECRET) -> Non
             out.write(sign(body, timestamp, secret).encode() + b"\t" + body + b"\n")
 
 
+def resign(path: Path, secret: str = SECRET) -> None:
+    """Sign a requests file's bodies again, now: a signature's timestamp must be fresh when it is
+    sent (receivers refuse one older than 300 s)."""
+    bodies = [line.split(b"\t", 1)[1].rstrip(b"\n") for line in path.open("rb")]
+    write_requests(path, bodies, secret)
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found is None:
@@ -175,8 +182,9 @@ class Wrk:
 
 def checkout_completed_event(*, event_id: str, session_id: str, payment_id: str, amount: int,
                              currency: str, user_id: str, created: int,
-                             pad_to: int = 0) -> bytes:
-    """A `checkout.session.completed` event as Stripe sends it (payment_status=paid)."""
+                             pad_to: int = 0, metadata: dict[str, str] | None = None) -> bytes:
+    """A `checkout.session.completed` event as Stripe sends it (payment_status=paid), with
+    `metadata` as the checkout set it (by default ours: payment_id and user_id)."""
     event: dict[str, Any] = {
         "id": event_id,
         "object": "event",
@@ -197,7 +205,7 @@ def checkout_completed_event(*, event_id: str, session_id: str, payment_id: str,
             "expires_at": created + 1800,
             "livemode": False,
             "locale": None,
-            "metadata": {"payment_id": payment_id, "user_id": user_id},
+            "metadata": metadata or {"payment_id": payment_id, "user_id": user_id},
             "mode": "payment",
             "payment_intent": "pi_" + event_id[4:],
             "payment_method_types": ["card"],

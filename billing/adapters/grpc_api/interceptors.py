@@ -177,6 +177,7 @@ class ObservingInterceptor(_BillingInterceptor):
         self._metrics = metrics
         self._refusals = refusals
         self._wrapped = {}
+        self._counters: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def _observe(
         self,
@@ -192,8 +193,14 @@ class ObservingInterceptor(_BillingInterceptor):
         refusal: bool = False,
     ) -> None:
         elapsed = time.perf_counter() - started
-        self._metrics.rpcs.labels(rpc, code.name).inc()
-        self._metrics.rpc_latency.labels(rpc).observe(elapsed)
+        counted = self._counters.get((rpc, code))
+        if counted is None:  # labels() takes a lock and builds a key: once per (rpc, code)
+            counted = self._counters[rpc, code] = (
+                self._metrics.rpcs.labels(rpc, code.name),
+                self._metrics.rpc_latency.labels(rpc),
+            )
+        counted[0].inc()
+        counted[1].observe(elapsed)
         level = logging.ERROR if failure is not None else logging.INFO
         # (the fields cost more than the call's own work: built only for a line written)
         if log.isEnabledFor(level) and (not refusal or self._admit(reason, context)):

@@ -10,16 +10,18 @@ errors once, here, with every API key scrubbed from the message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from billing.adapters.stripe_gateway.events import translate_event
+from billing.adapters.stripe_gateway.io_loop import IoLoop
 from billing.domain.errors import GatewayRejected, GatewayUnavailable
 from billing.domain.money import Money
 from billing.domain.payment_events import PaymentEvent
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     import stripe
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Secret and restricted keys (masked ones too: Stripe echoes "sk_test_****1234"), webhook
 # secrets, bearer tokens.
@@ -47,12 +51,24 @@ def scrub(text: str) -> str:
     return one_line if len(one_line) <= _MAX_MESSAGE else one_line[: _MAX_MESSAGE - 1] + "…"
 
 
+def _on_io_loop(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run the gateway's `method` on the gateway's own loop."""
+
+    @functools.wraps(method)
+    async def on_io_loop(*args: P.args, **kwargs: P.kwargs) -> T:
+        gateway = args[0]
+        assert isinstance(gateway, StripePaymentGateway)
+        return await gateway._io.run(method(*args, **kwargs))
+
+    return on_io_loop
+
+
 class StripePaymentGateway:
     """Implements PaymentGateway on the Stripe API (bounded and timed by BoundedPaymentGateway).
 
-    The SDK and its HTTP session are made on first use (or by `warm_up`), on the event loop
-    that will use them: importing the SDK takes over half a second, which `billing serve` should
-    not spend before it listens.
+    Every call runs on the gateway's own event loop (io_loop.py), where the SDK and its HTTP
+    session live. They are made on first use (or by `warm_up`): importing the SDK takes over
+    half a second, which `billing serve` should not spend before it listens.
     """
 
     def __init__(
@@ -70,6 +86,7 @@ class StripePaymentGateway:
         self._max_connections = max_connections
         self._sdk: stripe.StripeClient | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._io = IoLoop("stripe-io")
 
     @property
     def _client(self) -> stripe.StripeClient:
@@ -99,11 +116,19 @@ class StripePaymentGateway:
         return self._sdk
 
     async def warm_up(self) -> None:
-        """Import the SDK on a thread, then make the client here, on the loop that uses it."""
+        """Import the SDK on a thread, then make the client on the gateway's loop."""
         await asyncio.to_thread(importlib.import_module, "stripe")
+        await self._io.run(self._make_client())
+
+    async def _make_client(self) -> None:
         self._client  # noqa: B018  (the property builds it)
 
     async def close(self) -> None:
+        """Close the HTTP session, then stop the gateway's loop."""
+        await self._io.run(self._close_session())
+        self._io.stop()
+
+    async def _close_session(self) -> None:
         if self._session is not None:
             await self._session.close()
         self._sdk = self._session = None
@@ -112,6 +137,7 @@ class StripePaymentGateway:
         return nullcontext()  # no bound of its own: BoundedPaymentGateway holds the slots
 
     # -- the port ---------------------------------------------------------------------------
+    @_on_io_loop
     async def create_checkout(self, params: CheckoutParams) -> CheckoutSnapshot:
         product: dict[str, Any] = {"name": params.product_name}
         if params.description:  # Stripe refuses an empty description
@@ -147,11 +173,13 @@ class StripePaymentGateway:
         )
         return snapshot
 
+    @_on_io_loop
     async def retrieve_checkout(self, session_id: str) -> CheckoutSnapshot:
         with _stripe_errors("retrieve the checkout session"):
             session = await self._client.v1.checkout.sessions.retrieve_async(session_id)
         return _checkout_snapshot(session)
 
+    @_on_io_loop
     async def expire_checkout(self, session_id: str, payment_id: str) -> CheckoutSnapshot:
         import stripe
 
@@ -173,6 +201,7 @@ class StripePaymentGateway:
             return current
         raise GatewayRejected(f"Stripe refused to {action}: {_stripe_message(refusal)}")
 
+    @_on_io_loop
     async def refund(self, params: RefundParams) -> RefundSnapshot:
         body: dict[str, Any] = {
             "payment_intent": params.payment_intent_id,
@@ -197,11 +226,13 @@ class StripePaymentGateway:
         )
         return snapshot
 
+    @_on_io_loop
     async def retrieve_refund(self, refund_id: str) -> RefundSnapshot:
         with _stripe_errors("retrieve the refund"):
             refund = await self._client.v1.refunds.retrieve_async(refund_id)
         return _refund_snapshot(refund)
 
+    @_on_io_loop
     async def undelivered_events(self, limit: int = 100) -> list[PaymentEvent]:
         """Events whose webhook delivery has not succeeded (yet), translated, oldest first.
 

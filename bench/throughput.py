@@ -177,7 +177,9 @@ def service_credit_run(r: int, svc: service.Service, requests_file: Path,
                        ) -> webhook_load.CreditRun:
     """One credit run on `billing serve`, its round trips counted when it exports them."""
     result = webhook_load.run(svc, SERVE, requests_file, duration_s=duration_s,
-                              connections=connections, counters={"round trips": svc.round_trips})
+                              connections=connections, counters={
+                                  "round trips": svc.round_trips,
+                                  "operations": lambda: svc.metric(service.WEBHOOKS)})
     svc.alive()
     log(f"  [{r}] webhooks -> billing serve (w{svc.workers}, wrk -c{connections}):"
         f" {result.describe()}")
@@ -263,7 +265,8 @@ def grpc_service_run(r: int, svc: service.Service, mode: str) -> grpc_load.LoadR
     result = grpc_load.run_load(svc.target, mode, duration_s=DURATION_S, warmup_s=WARMUP_S,
                                 token=svc.token, key_prefix=f"svc{r}{mode}{int(time.time())}",
                                 cpu_groups={SERVE: svc.pids()}, database=svc.database,
-                                counters={"round trips": svc.round_trips})
+                                counters={"round trips": svc.round_trips,
+                                          "operations": lambda: svc.metric(service.RPCS)})
     svc.alive()
     rpc = OPERATIONS[mode].label
     log(f"  [{r}] {rpc} -> billing serve (w{svc.workers}, {grpc_load.IN_FLIGHT} in flight,"

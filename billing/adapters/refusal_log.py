@@ -9,8 +9,8 @@ many there were and from which addresses.
 
 No thread of its own: a window that has run out is summarized by the next refusal of its reason
 or by `tick()`, which the server's periodic loop calls; `flush()` summarizes whatever is left on
-the way out, so a last summary is never lost. Thread-safe: gRPC refusals arrive on worker
-threads, webhook refusals on the event loop.
+the way out, so a last summary is never lost. Refusals arrive on the event loop (gRPC and the
+webhook alike), the ticks too; it is thread-safe all the same.
 """
 
 from __future__ import annotations

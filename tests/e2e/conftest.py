@@ -5,13 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import (
-    API_TOKENS,
-    ControllableGateway,
-    RunningService,
-    service_env,
-    start_service,
-)
+from tests.e2e.harness import ControllableGateway, RunningService, module_service
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +17,7 @@ def gateway() -> ControllableGateway:
 def service(
     tmp_path_factory: pytest.TempPathFactory, gateway: ControllableGateway
 ) -> Iterator[RunningService]:
-    """One service per module: tokens on, SQLite, the in-memory Stripe (no fake started)."""
-    env = service_env(
-        tmp_path_factory.mktemp("service"),
-        BILLING_API_TOKENS=API_TOKENS,
-        STRIPE_API_BASE="http://127.0.0.1:9",  # never called: the gateway is in memory
-    )
-    running = start_service(env, gateway=gateway)
-    yield running
-    assert running.stop() == 0
+    yield from module_service(tmp_path_factory, gateway)
 
 
 @pytest.fixture

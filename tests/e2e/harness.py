@@ -276,3 +276,18 @@ def assert_serving(service: RunningService) -> None:
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
     assert http_get(f"{service.http_base}/healthz")[0] == 200
     assert http_get(f"{service.admin_base}/readyz")[0] == 200
+
+
+def module_service(
+    tmp_path_factory: Any, gateway: ControllableGateway, **env: str
+) -> Iterator[RunningService]:
+    """A service for a module: tokens on, SQLite, the in-memory Stripe (no fake started), and
+    `env` on top; it must stop cleanly."""
+    running = start_service(service_env(
+        tmp_path_factory.mktemp("service"),
+        BILLING_API_TOKENS=API_TOKENS,
+        STRIPE_API_BASE="http://127.0.0.1:9",  # never called: the gateway is in memory
+        **env,
+    ), gateway=gateway)
+    yield running
+    assert running.stop() == 0

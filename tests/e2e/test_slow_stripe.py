@@ -14,16 +14,14 @@ import pytest
 from billing.v1 import billing_pb2 as pb
 from tests.e2e.harness import (
     ADMIN_TOKEN,
-    API_TOKENS,
     ControllableGateway,
     RunningService,
     assert_serving,
     bearer,
     create_request,
     http_get,
+    module_service,
     reason_of,
-    service_env,
-    start_service,
     wait_for,
 )
 
@@ -32,20 +30,11 @@ LIMIT = 2
 
 
 @pytest.fixture(scope="module")
-def gateway() -> ControllableGateway:
-    return ControllableGateway()
-
-
-@pytest.fixture(scope="module")
 def service(
     tmp_path_factory: pytest.TempPathFactory, gateway: ControllableGateway
 ) -> Iterator[RunningService]:
-    env = service_env(tmp_path_factory.mktemp("slow-stripe"), BILLING_API_TOKENS=API_TOKENS,
-                      BILLING_STRIPE_MAX_CONCURRENCY=str(LIMIT),
-                      STRIPE_API_BASE="http://127.0.0.1:9")
-    running = start_service(env, gateway=gateway)
-    yield running
-    assert running.stop() == 0
+    yield from module_service(tmp_path_factory, gateway,
+                              BILLING_STRIPE_MAX_CONCURRENCY=str(LIMIT))
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,6 +45,8 @@ class Undecodable:
 
 
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+# A server-streaming handler: an async generator of the responses (the style grpc.aio runs).
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
 @dataclass(slots=True)
@@ -108,7 +111,8 @@ class Authenticator:
 
 
 class _BillingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the unary handlers of BillingService with `_wrap`; leaves everything else alone.
+    """Wraps the handlers of BillingService, unary (`_wrap`) and server-streaming
+    (`_wrap_stream`); leaves everything else alone (health, reflection).
 
     Handlers are registered once, so each method is wrapped once and the wrapper reused.
     """
@@ -125,18 +129,31 @@ class _BillingInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(_PREFIX) or handler.unary_unary is None:
+        if handler is None or not method.startswith(_PREFIX):
             return handler
-        behavior = cast(Behavior, handler.unary_unary)  # a coroutine function on grpc.aio
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method[len(_PREFIX):], behavior),
-            request_deserializer=self._deserializer(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        rpc = method[len(_PREFIX):]
+        deserializer = self._deserializer(handler.request_deserializer)
+        if handler.unary_unary is not None:  # a coroutine function on grpc.aio
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._wrap(rpc, cast(Behavior, handler.unary_unary)),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None:  # an async generator function
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(rpc, cast(StreamBehavior, handler.unary_stream)),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:  # client or bidirectional streaming: not in the contract
+            return handler
         self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
+        raise NotImplementedError
+
+    def _wrap_stream(self, rpc: str, behavior: StreamBehavior) -> StreamBehavior:
         raise NotImplementedError
 
     def _deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
@@ -150,19 +167,30 @@ class AuthInterceptor(_BillingInterceptor):
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
         async def authenticated(request: Any, context: Context) -> Any:
-            state = _current.get()
-            try:
-                caller = self._authenticator.authenticate(
-                    rpc, context.invocation_metadata() or ())
-            except CallRefused as refused:
-                if state is not None and refused.caller:
-                    state.caller = refused.caller  # the log says who tried
-                raise
-            if state is not None:
-                state.caller = caller
+            self._authenticate(rpc, context)
             return await behavior(request, context)
 
         return authenticated
+
+    def _wrap_stream(self, rpc: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def authenticated(request: Any, context: Context) -> AsyncIterator[Any]:
+            self._authenticate(rpc, context)  # before the first message
+            async for response in behavior(request, context):
+                yield response
+
+        return authenticated
+
+    def _authenticate(self, rpc: str, context: Context) -> None:
+        """Raises CallRefused; names the caller in the call's state either way."""
+        state = _current.get()
+        try:
+            caller = self._authenticator.authenticate(rpc, context.invocation_metadata() or ())
+        except CallRefused as refused:
+            if state is not None and refused.caller:
+                state.caller = refused.caller  # the log says who tried
+            raise
+        if state is not None:
+            state.caller = caller
 
 
 class ObservingInterceptor(_BillingInterceptor):
@@ -183,16 +211,16 @@ class ObservingInterceptor(_BillingInterceptor):
         self,
         rpc: str,
         request: Any,
-        caller: str,
+        call: _Call,
         code: grpc.StatusCode,
-        started: float,
         reason: str,
         failure: Exception | None,
         context: Context,
         *,
         refusal: bool = False,
+        streaming: bool = False,
     ) -> None:
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - call.started
         counted = self._counters.get((rpc, code))
         if counted is None:  # labels() takes a lock and builds a key: once per (rpc, code)
             counted = self._counters[rpc, code] = (
@@ -200,11 +228,12 @@ class ObservingInterceptor(_BillingInterceptor):
                 self._metrics.rpc_latency.labels(rpc),
             )
         counted[0].inc()
-        counted[1].observe(elapsed)
+        if not streaming:
+            counted[1].observe(elapsed)
         level = logging.ERROR if failure is not None else logging.INFO
         # (the fields cost more than the call's own work: built only for a line written)
         if log.isEnabledFor(level) and (not refusal or self._admit(reason, context)):
-            fields = _call_fields(rpc, request, caller, code, elapsed)
+            fields = _call_fields(rpc, request, call.state.caller, code, elapsed)
             if reason:
                 fields["reason"] = reason
             log.log(level, "rpc %s %s", rpc, code.name, extra=fields, exc_info=failure)
@@ -226,49 +255,80 @@ class ObservingInterceptor(_BillingInterceptor):
 
     def _wrap(self, rpc: str, behavior: Behavior) -> Behavior:
         async def observed(request: Any, context: Context) -> Any:
-            state = CallState(rpc)
-            token = _current.set(state)
-            deadline = deadlines.set_remaining(context.time_remaining())
-            started = time.perf_counter()
             response: Any = None
-            status: grpc.Status | None = None
-            code = grpc.StatusCode.OK
-            reason, failure, refusal = "", None, False
-            try:
-                if isinstance(request, Undecodable):
-                    raise InvalidField("request", f"not a valid {rpc} request: {request.error}")
-                response = await behavior(request, context)
-            except CallRefused as refused:
-                status, reason, refusal = refused.status, refused.reason, True
-            except BillingError as error:
-                status, reason = status_for(error), error.reason
-            except asyncio.CancelledError:
-                # The caller left (deadline or cancel) and the runtime cancelled this task: it
-                # answers the call itself. Counted and logged, then the cancellation goes on.
-                code = grpc.StatusCode.CANCELLED
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED
-                self._observe(rpc, request, state.caller, code, started, "", None, context)
-                raise
-            except Exception as bug:  # kept: the log line carries its traceback
-                status, reason, failure = internal_status(), "INTERNAL", bug
-            finally:
-                deadlines.reset(deadline)
-                _current.reset(token)
-            if status is not None:
-                code = status.code
-            self._observe(rpc, request, state.caller, code, started, reason, failure, context,
-                          refusal=refusal)
-            if status is not None:
+            with self._observing(rpc, request, context) as call:
+                response = await behavior(_decoded(rpc, request), context)
+            if call.status is not None:
                 # Raises: ends the call with `status` (grpc-stubs lack this grpc.aio method).
-                await context.abort_with_status(status)  # type: ignore[attr-defined]
+                await context.abort_with_status(call.status)  # type: ignore[attr-defined]
             return response
 
         return observed
 
+    def _wrap_stream(self, rpc: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
+            with self._observing(rpc, request, context, streaming=True) as call:
+                async for response in behavior(_decoded(rpc, request), context):
+                    yield response
+            if call.status is not None:  # after the messages already sent, if any
+                await context.abort_with_status(call.status)  # type: ignore[attr-defined]
+
+        return observed
+
+    @contextmanager
+    def _observing(
+        self, rpc: str, request: Any, context: Context, *, streaming: bool = False
+    ) -> Iterator[_Call]:
+        """The bookkeeping of one call around its handler: the caller's state and deadline for
+        what it calls, every exception mapped once to `call.status` (swallowed: the wrapper
+        ends the call with it), one log line and the metrics. A stream's lifetime is no
+        latency: streams are counted, not timed."""
+        call = _Call(CallState(rpc), time.perf_counter())
+        token = _current.set(call.state)
+        deadline = deadlines.set_remaining(context.time_remaining())
+        code = grpc.StatusCode.OK
+        reason, failure, refusal = "", None, False
+        try:
+            yield call
+        except CallRefused as refused:
+            call.status, reason, refusal = refused.status, refused.reason, True
+        except BillingError as error:
+            call.status, reason = status_for(error), error.reason
+        except asyncio.CancelledError:
+            # The caller left (deadline or cancel) and the runtime cancelled this task: it
+            # answers the call itself. Counted and logged, then the cancellation goes on.
+            code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+            self._observe(rpc, request, call, code, "", None, context, streaming=streaming)
+            raise
+        except Exception as bug:  # kept: the log line carries its traceback
+            call.status, reason, failure = internal_status(), "INTERNAL", bug
+        finally:
+            deadlines.reset(deadline)
+            _current.reset(token)
+        if call.status is not None:
+            code = call.status.code
+        self._observe(rpc, request, call, code, reason, failure, context, refusal=refusal,
+                      streaming=streaming)
+
     def _admit(self, reason: str, context: Context) -> bool:
         return self._refusals is None or self._refusals.admit(reason, _peer_host(context.peer()))
+
+
+@dataclass(slots=True)
+class _Call:
+    state: CallState
+    started: float
+    status: grpc.Status | None = None  # how the call ends, when not OK
+
+
+def _decoded(rpc: str, request: Any) -> Any:
+    """The request, or INVALID_FIELD `request` for bytes that did not decode as one."""
+    if isinstance(request, Undecodable):
+        raise InvalidField("request", f"not a valid {rpc} request: {request.error}")
+    return request
 
 
 def _peer_host(peer: str) -> str:

@@ -1,9 +1,15 @@
 """The one mapping from domain errors to gRPC statuses, checked against DESIGN.md's table."""
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from hypothesis import given
+from hypothesis import strategies as st
 
+from billing.adapters.grpc_api import codec
 from billing.adapters.grpc_api.errors import (
     CODES,
     DOMAIN,
@@ -122,3 +128,12 @@ def test_refusals_never_echo_the_token():
     with pytest.raises(CallRefused) as refused:
         AUTH.authenticate("GrantCoins", [("authorization", "Bearer shop-secret-1")])
     assert "shop-secret-1" not in str(refused.value) + refused.value.status.details
+
+
+# -- the codec's timestamps ---------------------------------------------------------------------
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))])))
+def test_a_timestamp_is_exactly_what_protobuf_makes_of_the_datetime(moment):
+    expected = Timestamp()
+    expected.FromDatetime(moment)
+    assert codec.timestamp(moment) == expected

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,10 +18,17 @@ def money(value: Money) -> pb.Money:
     return pb.Money(currency=value.currency, amount_minor=value.amount_minor)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """Exact, in integers (a naive time counts as UTC, as Timestamp.FromDatetime has it), and a
+    few times cheaper than FromDatetime on every response that carries a time."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    micros = (value - _EPOCH) // _MICROSECOND
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 _STATUSES = {s: cast(pb.PaymentStatus, pb.PaymentStatus.Value(f"PAYMENT_STATUS_{s.value}"))

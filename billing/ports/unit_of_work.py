@@ -29,6 +29,12 @@ class AccountRepository(Protocol):
         """The account, locked until the unit ends; a new one at balance 0 if there is none."""
         ...
 
+    def lock_many(self, user_ids: Sequence[str]) -> Sequence[Account]:
+        """`lock` for each user, in the order given (callers sort them, so that units locking
+        several accounts at once take them the same way round), in as few round trips as the
+        store allows."""
+        ...
+
     def save(self, account: Account) -> None: ...
 
     def scan(self) -> Iterator[Account]:
@@ -66,6 +72,11 @@ class PaymentRepository(Protocol):
 
     def by_stripe_session(self, stripe_session_id: str) -> PaymentSession | None: ...
 
+    def lock_sessions(self, stripe_session_ids: Sequence[str]) -> Sequence[PaymentSession]:
+        """`by_stripe_session` for each id (unknown ones are left out), read together and, in a
+        writing unit, locked in the order given."""
+        ...
+
     def by_payment_intent(self, payment_intent_id: str) -> PaymentSession | None: ...
 
     def pending_before(self, cutoff: datetime, limit: int) -> Sequence[PaymentSession]:
@@ -102,6 +113,11 @@ class RefundRepository(Protocol):
 
 class EventInbox(Protocol):
     def get(self, event_id: str) -> InboxEvent | None: ...
+
+    def get_many(self, event_ids: Sequence[str]) -> Mapping[str, InboxEvent]:
+        """`get` for each id, read together: the rows there are, by event id. A later `get` of
+        any of these ids costs the store nothing."""
+        ...
 
     def add(self, event: InboxEvent) -> None:
         """A second row for the same event id raises TransientConflict (no later than the

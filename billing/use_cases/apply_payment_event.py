@@ -70,15 +70,17 @@ class ApplyPaymentEvent:
         """Apply events that arrived together in one unit of work (one transaction, one commit),
         each exactly as `__call__` would; the results in the order given.
 
-        Rows are locked session by session in one order (by session, then payment), so two
-        such units running at once take their locks the same way round. If the unit fails for
-        any reason but a lost race (which re-runs it), each event is applied alone instead: one
-        event's problem is never another's.
+        The rows they concern are read and locked first, together and in one order (sessions
+        by id, then their accounts by user): two such units running at once take their locks
+        the same way round, and each event then finds its rows already read. If the unit fails
+        for any reason but a lost race (which re-runs it), each event is applied alone instead:
+        one event's problem is never another's.
         """
         order = sorted(range(len(events)),
                        key=lambda i: (events[i].stripe_session_id, events[i].payment_id))
 
         def together(unit: UnitOfWork) -> list[EventApplied]:
+            _lock_in_order(unit, events)
             applied = {i: self._apply(unit, events[i], False) for i in order}
             return [applied[i] for i in range(len(events))]
 
@@ -185,10 +187,7 @@ class ApplyPaymentEvent:
         if not session.stripe_session_id and event.stripe_session_id:
             session.attach_checkout(event.stripe_session_id, "", now)
         before = session.status
-        paid = event.payment_status in ("paid", "no_payment_required")
-        if kind is EventKind.CHECKOUT_ASYNC_SUCCEEDED or (
-            kind is EventKind.CHECKOUT_COMPLETED and paid
-        ):
+        if _says_paid(event):
             _postings.settle_paid(
                 unit, session, event.payment_intent_id, now, request_id=event.event_id
             )
@@ -336,6 +335,28 @@ class ApplyPaymentEvent:
                 )
             session.dispute_won(now)
         _postings.save_session(unit, session, before)
+
+
+def _lock_in_order(unit: UnitOfWork, events: Sequence[PaymentEvent]) -> None:
+    """Read the inbox rows and the sessions of `events`, and lock the sessions' accounts: each
+    kind together, sessions before accounts, in id order (as every other writer that takes both
+    does: a session, then its user's account)."""
+    unit.inbox.get_many([event.event_id for event in events])
+    sessions = unit.payments.lock_sessions(
+        sorted({event.stripe_session_id for event in events if event.stripe_session_id}))
+    paying = {event.stripe_session_id for event in events if _says_paid(event)}
+    users = sorted({session.user_id for session in sessions
+                    if session.stripe_session_id in paying and not session.is_credited})
+    if users:
+        unit.accounts.lock_many(users)
+
+
+def _says_paid(event: PaymentEvent) -> bool:
+    """Money was taken: a paid completion, or a delayed payment that succeeded."""
+    return event.kind is EventKind.CHECKOUT_ASYNC_SUCCEEDED or (
+        event.kind is EventKind.CHECKOUT_COMPLETED
+        and event.payment_status in ("paid", "no_payment_required")
+    )
 
 
 def _external_refund_row(

@@ -642,3 +642,55 @@ def test_a_duplicate_unique_key_is_a_transient_conflict(
         with pytest.raises(TransientConflict):  # no later than the commit
             add_again()
             unit.commit()
+
+
+# -- several rows at once (group commit) --------------------------------------------------------
+def test_several_accounts_are_locked_at_once_created_at_zero_where_missing(
+    store: UnitOfWorkFactory,
+) -> None:
+    old, new = new_id("user"), new_id("user")
+    write(store, lambda unit: unit.accounts.save(replace(unit.accounts.lock(old), balance=70)))
+
+    with store() as unit:
+        locked = unit.accounts.lock_many(sorted([old, new]))
+        assert sorted((a.user_id, a.balance) for a in locked) == sorted([(old, 70), (new, 0)])
+        assert unit.accounts.lock(old) == Account(old, 70)  # already this unit's
+        entry = unit.ledger.add(an_entry(old, coins=5, balance_after=75))
+        again = unit.ledger.add(an_entry(old, coins=5, balance_after=80))
+        unit.commit()
+
+    assert 0 < entry.seq < again.seq
+    assert read(store, lambda u: u.accounts.get(new)) == Account(new, 0)
+
+
+def test_sessions_are_read_at_once_by_their_checkout_session_ids(
+    store: UnitOfWorkFactory,
+) -> None:
+    first, second = a_payment(), a_payment(status=PaymentStatus.PENDING, coins_credited=0)
+    write(store, lambda unit: (unit.payments.add(first), unit.payments.add(second)))
+
+    with store() as unit:
+        found = unit.payments.lock_sessions(
+            sorted([first.stripe_session_id, second.stripe_session_id, "cs_test_nobody"]))
+        assert sorted(s.payment_id for s in found) == sorted(
+            [first.payment_id, second.payment_id])
+        assert unit.payments.by_stripe_session(second.stripe_session_id) == second
+        assert unit.payments.lock_sessions([]) == []
+
+
+def test_inbox_rows_are_read_at_once_and_a_missing_one_stays_missing(
+    store: UnitOfWorkFactory,
+) -> None:
+    known = an_event()
+    write(store, lambda unit: unit.inbox.add(known))
+    missing = new_id("evt")
+
+    with store() as unit:
+        assert unit.inbox.get_many([known.event_id, missing]) == {known.event_id: known}
+        assert unit.inbox.get(missing) is None
+        arrived = an_event(event_id=missing)
+        unit.inbox.add(arrived)  # then it is there, in this unit and after its commit
+        assert unit.inbox.get(missing) == arrived
+        unit.commit()
+
+    assert read(store, lambda u: u.inbox.get(missing)) == arrived

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -119,6 +119,9 @@ class _Accounts(_Repository):
     def lock(self, user_id: str) -> Account:
         return copy.copy(self.state.accounts.setdefault(user_id, Account(user_id)))
 
+    def lock_many(self, user_ids: Sequence[str]) -> Sequence[Account]:
+        return [self.lock(user_id) for user_id in user_ids]
+
     def save(self, account: Account) -> None:
         if account.balance < 0:
             raise ValueError("CHECK balance >= 0 violated")
@@ -190,6 +193,10 @@ class _Payments(_Repository):
     def by_stripe_session(self, stripe_session_id: str) -> PaymentSession | None:
         return self._find(stripe_session_id, "stripe_session_id") if stripe_session_id else None
 
+    def lock_sessions(self, stripe_session_ids: Sequence[str]) -> Sequence[PaymentSession]:
+        found = (self.by_stripe_session(session_id) for session_id in stripe_session_ids)
+        return [session for session in found if session is not None]
+
     def by_payment_intent(self, payment_intent_id: str) -> PaymentSession | None:
         return self._find(payment_intent_id, "payment_intent_id") if payment_intent_id else None
 
@@ -254,6 +261,10 @@ class _Inbox(_Repository):
     def get(self, event_id: str) -> InboxEvent | None:
         event = self.state.inbox.get(event_id)
         return copy.copy(event) if event else None
+
+    def get_many(self, event_ids: Sequence[str]) -> Mapping[str, InboxEvent]:
+        found = ((event_id, self.get(event_id)) for event_id in event_ids)
+        return {event_id: event for event_id, event in found if event is not None}
 
     def add(self, event: InboxEvent) -> None:
         if event.event_id in self.state.inbox:

@@ -8,6 +8,11 @@ emptied when the transaction ends (commit or rollback), with the locks.
 
 Lookups hand out new objects built from the row, never a shared one: a change the caller makes
 counts only once it is saved, exactly as in the in-memory store.
+
+A batch read can also record that an identity has no row (`absent`): a later lookup of it then
+costs no round trip. Nothing locks a row that does not exist, but nothing has to: a row another
+unit adds meanwhile makes this unit's own INSERT of it fail on the unique key, and the unit runs
+again.
 """
 
 from __future__ import annotations
@@ -23,12 +28,21 @@ class RowCache:
     """Rows by their identity (`keys[0]`) and by each other unique key (`keys[1:]`, whose value
     may be None for a row that has none: NULLs are never unique, so never indexed)."""
 
-    __slots__ = ("_keys", "_rows", "_indexes")
+    __slots__ = ("_keys", "_rows", "_indexes", "_absent")
 
     def __init__(self, keys: Sequence[Key]) -> None:
         self._keys = keys
         self._rows: dict[Hashable, Row] = {}
         self._indexes: list[dict[Hashable, Hashable]] = [{} for _ in range(len(keys) - 1)]
+        self._absent: set[Hashable] = set()
+
+    def absent(self, identity: Hashable) -> None:
+        """The database has no row with this identity (as this unit last read it)."""
+        if identity not in self._rows:
+            self._absent.add(identity)
+
+    def known_absent(self, identity: Hashable) -> bool:
+        return identity in self._absent
 
     def identity(self, row: Row) -> Hashable:
         return self._keys[0](row)
@@ -52,6 +66,7 @@ class RowCache:
 
     def put(self, row: Row) -> None:
         identity = self._keys[0](row)
+        self._absent.discard(identity)
         old = self._rows.get(identity)
         self._rows[identity] = row
         for key, index in zip(self._keys[1:], self._indexes, strict=True):
@@ -65,5 +80,6 @@ class RowCache:
 
     def clear(self) -> None:
         self._rows.clear()
+        self._absent.clear()
         for index in self._indexes:
             index.clear()

@@ -148,6 +148,24 @@ def test_a_webhook_credit_is_four_round_trips_and_one_transaction(observed: Obse
     assert counts.queries[-1].endswith(b";COMMIT")
 
 
+def test_a_batch_of_webhook_credits_is_four_round_trips_and_one_transaction_in_all(
+    observed: Observed,
+) -> None:
+    """Group commit: the batch's inbox rows, sessions and accounts are read (and locked) one
+    kind at a time, then every event applies from memory, and its writes go with the COMMIT."""
+
+    def credits() -> Callable[[], object]:
+        paid = [observed.checkout(new_id("user"))() for _ in range(8)]
+        events = [session.completed(new_id("evt")) for session in paid]
+        return lambda: ApplyPaymentEvent(observed.units).apply_all(events)
+
+    counts = observed.measure(credits)
+
+    assert counts.round_trips == counts.counted == 4
+    assert (counts.commits, counts.rollbacks) == (1, 0)
+    assert counts.queries[-1].endswith(b";COMMIT")
+
+
 @pytest.mark.parametrize("use_case", [SpendCoins, GrantCoins])
 def test_spending_or_granting_coins_is_three_round_trips_and_one_transaction(
     observed: Observed, use_case: type[SpendCoins] | type[GrantCoins],

@@ -46,6 +46,14 @@ class AccountSql:
             f" DO UPDATE SET balance = accounts.balance RETURNING balance{draw}"
         ))
         self.lock = Read(lock, lock)
+        if dialect.is_postgres:  # several at once, in the order given (ON CONFLICT: each once)
+            many = t.statement("lock_many", (
+                "INSERT INTO accounts (user_id, balance)"
+                " SELECT user_id, 0 FROM unnest(?::text[]) WITH ORDINALITY AS u(user_id, n)"
+                " ORDER BY n ON CONFLICT (user_id) DO UPDATE SET balance = accounts.balance"
+                f" RETURNING user_id, balance{draw}"
+            ))
+            self.lock_many = Read(many, many)
         self.scan = t.statement("scan", f"{t.select} ORDER BY user_id")
 
 
@@ -69,6 +77,18 @@ class SqlAccountRepository(SqlRepository):
             if cache is not None:
                 cache.put(row)
         return Account(row[0], row[1])
+
+    def lock_many(self, user_ids: Sequence[str]) -> Sequence[Account]:
+        cache = self._cache
+        wanted = [user_id for user_id in dict.fromkeys(user_ids)
+                  if cache is None or cache.find(0, user_id) is None]
+        if wanted and self._sql.table.dialect.is_postgres:
+            for user_id, balance, *seq in self._unit.query(self._sql.lock_many, (wanted,)):
+                if seq:
+                    self._unit.reserved_seqs[user_id] = seq[0]
+                if cache is not None:
+                    cache.put((user_id, balance))
+        return [self.lock(user_id) for user_id in user_ids]  # from the map, or one by one
 
     def save(self, account: Account) -> None:
         self._save((account.user_id, account.balance), "account")

@@ -41,6 +41,8 @@ class SqlRepository:
             row = cache.find(key_number, key)
             if row is not None:
                 return row
+            if key_number == 0 and cache.known_absent(key):
+                return None
         rows = self._unit.query(read, params)
         if not rows:
             return None
@@ -56,6 +58,15 @@ class SqlRepository:
         if self._cache is not None:
             for row in rows:
                 self._cache.put(row)
+        return rows
+
+    def _all_by(self, read: Read, key_number: int, keys: Sequence[Hashable]) -> list[Row]:
+        """The rows whose key number `key_number` is one of `keys`, in one round trip (`read`
+        takes them as one array); for the identity key, the map also learns which have none."""
+        rows = self._all(read, (list(keys),))
+        if self._cache is not None and key_number == 0:
+            for key in keys:
+                self._cache.absent(key)
         return rows
 
     def _stream(self, statement: Statement, params: Sequence[Any] = ()) -> Iterator[Row]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ class InboxSql:
         self.table = t = TableSql(dialect, webhook_inbox, INBOX_COLUMNS, ["event_id"])
         self.keys = (key_of(t, "event_id"),)
         self.by_id = t.read("by_id", "event_id = ?")
+        self.by_ids = t.read("by_ids", "event_id = ANY(?) ORDER BY event_id")  # Postgres only
         newest_first = "ORDER BY received_at DESC, event_id DESC LIMIT ?"
         self.recent = t.read("recent", f"TRUE {newest_first}")
         failed = ", ".join(f"'{outcome.value}'" for outcome in sorted(FAILED_OUTCOMES))
@@ -48,6 +49,13 @@ class SqlEventInbox(SqlRepository):
     def get(self, event_id: str) -> InboxEvent | None:
         row = self._find(self._sql.by_id, 0, event_id, (event_id,))
         return _event(row, self._sql.dialect) if row else None
+
+    def get_many(self, event_ids: Sequence[str]) -> Mapping[str, InboxEvent]:
+        if not self._sql.dialect.is_postgres:  # in-process: one at a time costs nothing more
+            found = ((event_id, self.get(event_id)) for event_id in event_ids)
+            return {event_id: event for event_id, event in found if event is not None}
+        rows = self._all_by(self._sql.by_ids, 0, event_ids) if event_ids else []
+        return {row[0]: _event(row, self._sql.dialect) for row in rows}
 
     def add(self, event: InboxEvent) -> None:
         self._add(_event_row(event, self._sql.dialect), f"event {event.event_id!r}")

@@ -38,6 +38,8 @@ class PaymentSql:
                      key_of(t, "user_id", "request_id"), key_of(t, "payment_intent_id"))
         self.by_id = t.read("by_id", "payment_id = ?")
         self.by_stripe_session = t.read("by_stripe_session", "stripe_session_id = ?")
+        self.by_stripe_sessions = t.read(  # Postgres only: locked in the order of the ids
+            "by_stripe_sessions", "stripe_session_id = ANY(?) ORDER BY stripe_session_id")
         self.by_request = t.read("by_request", "user_id = ? AND request_id = ?")
         self.by_payment_intent = t.read("by_payment_intent", "payment_intent_id = ?")
         pending = f"status = '{PaymentStatus.PENDING.value}'"
@@ -71,6 +73,14 @@ class SqlPaymentRepository(SqlRepository):
             return None
         return self._one(self._sql.by_stripe_session, BY_STRIPE_SESSION, stripe_session_id,
                          (stripe_session_id,))
+
+    def lock_sessions(self, stripe_session_ids: Sequence[str]) -> Sequence[PaymentSession]:
+        if not self._sql.dialect.is_postgres:  # in-process: one at a time costs nothing more
+            found = (self.by_stripe_session(session_id) for session_id in stripe_session_ids)
+            return [session for session in found if session is not None]
+        ids = [session_id for session_id in stripe_session_ids if session_id]
+        rows = self._all_by(self._sql.by_stripe_sessions, BY_STRIPE_SESSION, ids) if ids else []
+        return [_payment(row, self._sql.dialect) for row in rows]
 
     def by_payment_intent(self, payment_intent_id: str) -> PaymentSession | None:
         if not payment_intent_id:

@@ -141,12 +141,12 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _reconcile_once(container: Container) -> Any:
+    from billing.container import close_stripe
+
     try:
         return await container.reconcile()()
     finally:
-        close = getattr(container.stripe(), "close", None)  # its HTTP session, on this loop
-        if close is not None:
-            await close()
+        await close_stripe(container)  # its HTTP session lives on this run's loop
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ from billing.use_cases.refund_payment import RefundPayment
 from billing.use_cases.spend_coins import SpendCoins
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from aiohttp import web
 
@@ -122,6 +122,13 @@ def build_stripe_gateway(settings: Settings) -> StripePaymentGateway:
         timeout_s=settings.stripe_timeout_s,
         max_connections=settings.stripe_max_concurrency,
     )
+
+
+async def close_stripe(container: Container) -> None:
+    """Close the Stripe client's HTTP session and loop (the in-memory gateway has neither)."""
+    close: Callable[[], Awaitable[None]] | None = getattr(container.stripe(), "close", None)
+    if close is not None:
+        await close()
 
 
 def build_event_parser() -> StripeEventParser:
@@ -233,6 +240,9 @@ class Container(containers.DeclarativeContainer):
     webhook_lane = providers.Singleton(Bulkhead, "db-webhook", WEBHOOK_THREADS)
     checkout_lane = providers.Singleton(Bulkhead, "db-checkout", CHECKOUT_THREADS)
     background_lane = providers.Singleton(Bulkhead, "background", BACKGROUND_THREADS)
+    # The request lanes, shut down together once the listeners have drained (the background
+    # lane goes last: it closes the database pool).
+    request_lanes = providers.List(read_lane, write_lane, webhook_lane, checkout_lane)
 
     # -- Storage ------------------------------------------------------------------------------
     store = providers.Singleton(build_sql_store, settings, metrics)

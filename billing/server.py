@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from billing.adapters.grpc_api.server import GrpcEndpoint, create_grpc_server
-from billing.container import Container, StartupError
+from billing.container import Container, StartupError, close_stripe
 from billing.settings import Settings, SettingsError, check_startup_safety
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ class BillingServer:
 
     def __init__(self, container: Container, worker: int | None = None) -> None:
         self._container = container
-        self._worker = worker
         self._reuse_port = worker is not None
         self._runs_singletons = worker in (None, 0)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -299,24 +298,16 @@ class BillingServer:
                 log.error("error while stopping: %s", result)
         self._runners.clear()
         self._summarize_refusals(final=True)
-        await self._close_stripe()
         container = self._container
-        lanes = [container.read_lane(), container.write_lane(), container.webhook_lane(),
-                 container.checkout_lane()]
-        for lane in lanes:
+        with contextlib.suppress(Exception):
+            await close_stripe(container)
+        for lane in container.request_lanes():
             lane.shutdown()
         dispose = getattr(self._store, "dispose", None)
         if dispose is not None:
             await container.background_lane()(dispose)
         container.background_lane().shutdown()
         log.info("billing stopped")
-
-    async def _close_stripe(self) -> None:
-        close: Callable[[], Awaitable[None]] | None = getattr(
-            self._container.stripe(), "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
 
 
 def _address(host: str, port: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,6 +25,12 @@ class LedgerEntry:
 
     `seq` is assigned by the store when the row is written (0 before that); it orders a user's
     rows and is the keyset for pagination.
+
+    `position` is the row's place in the one global ledger feed, given after its transaction
+    commits (0 until then: not yet in the feed). Once a position is visible, no row is ever given
+    a lower one, and per user positions follow seq; cursors of the feed are positions. It says
+    where the row stands, not what it is: two entries that differ only in it compare equal (the
+    entry `add` returned and the same row read back once it has its position).
     """
 
     key: str
@@ -40,6 +46,7 @@ class LedgerEntry:
     caller: str = ""
     request_id: str = ""
     seq: int = 0
+    position: int = field(default=0, compare=False)
 
     @property
     def transaction_id(self) -> str:

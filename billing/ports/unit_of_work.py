@@ -6,6 +6,11 @@ read, decide and write without another writer slipping in between. Unique keys a
 a lost race surfaces as TransientConflict and the whole use case runs again. A store may send
 its writes late (with its next read, or at commit), so such a conflict is raised no later than
 `commit()`; within a unit, every read sees the unit's own writes.
+
+Every ledger row gets a position in one global feed after its transaction commits (the store
+gives it at commit, or a sequencer of the store's does, soon after). Once a position is visible
+no row is ever given a lower one, and per user positions follow seq: a reader that resumes
+`feed` after the last position it saw sees every row exactly once.
 """
 
 from __future__ import annotations
@@ -58,6 +63,18 @@ class LedgerRepository(Protocol):
     def scan(self) -> Iterator[LedgerEntry]:
         """Every row ordered by (user_id, seq), streamed (for the audit; needs a snapshot
         unit)."""
+        ...
+
+    def feed(
+        self, after: int, user_id: str | None, limit: int, upto: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        """Rows with a feed position in (after, upto] (no upper bound when upto is None), in
+        position order, at most `limit`; every user's when user_id is None. Rows not yet given a
+        position are never returned."""
+        ...
+
+    def feed_end(self) -> int:
+        """The highest position given so far (0 when none)."""
         ...
 
 

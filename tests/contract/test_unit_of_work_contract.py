@@ -16,6 +16,7 @@ import pytest
 
 from billing.adapters.memory import InMemoryStore
 from billing.adapters.sql import SqlStore
+from billing.adapters.sql.sequencer import FeedSequencer
 from billing.domain.errors import InsufficientCoins, TransientConflict
 from billing.domain.events import CoinsCredited
 from billing.domain.ledger import Account, LedgerEntry, TransactionType
@@ -694,3 +695,132 @@ def test_inbox_rows_are_read_at_once_and_a_missing_one_stays_missing(
         unit.commit()
 
     assert read(store, lambda u: u.inbox.get(missing)) == arrived
+
+
+# -- the ledger feed --------------------------------------------------------------------------
+# Every ledger row gets a position after its transaction commits: memory and SQLite give it at
+# commit, under the writer lock; on Postgres the feed sequencer gives it soon after, run here by
+# `sequence`. Postgres may leave gaps in the numbers (a sequencer transaction that failed); the
+# order is what every store guarantees.
+
+
+def sequence(store: UnitOfWorkFactory) -> None:
+    """Give every committed row its position (the sequencer's work on Postgres; the others
+    gave them at commit already)."""
+    if isinstance(store, SqlStore) and store.engine.dialect.name == "postgresql":
+        sequencer = FeedSequencer(store.engine)
+        try:
+            while sequencer.sequence_once().more:
+                pass
+        finally:
+            sequencer.stop()
+
+
+def feed(store: UnitOfWorkFactory, after: int, user_id: str | None = None, limit: int = 100,
+         upto: int | None = None) -> list[LedgerEntry]:
+    return read(store, lambda u: list(u.ledger.feed(after, user_id, limit, upto)))
+
+
+def test_the_feed_lists_committed_rows_once_they_have_a_position_in_commit_order(
+    store: UnitOfWorkFactory,
+) -> None:
+    first_user, second_user = new_id("user"), new_id("user")
+    start = read(store, lambda u: u.ledger.feed_end())
+    with store() as unit:
+        rows = add_account_with_entries(unit, first_user, 2)
+        assert unit.ledger.feed(start, None, 100) == []  # not committed: no position
+        unit.commit()
+    with store() as unit:
+        rows += add_account_with_entries(unit, second_user, 1)
+        rows.append(unit.ledger.add(an_entry(first_user)))
+        unit.commit()
+
+    sequence(store)
+    listed = feed(store, start)
+
+    assert listed == rows  # positions aside (entries compare without them)
+    positions = [entry.position for entry in listed]
+    assert positions[0] > start and positions == sorted(set(positions))
+    assert read(store, lambda u: u.ledger.feed_end()) == positions[-1]
+    assert read(store, lambda u: u.ledger.get(rows[0].key)) == rows[0]
+    stored = read(store, lambda u: u.ledger.get(rows[0].key))
+    assert stored is not None and stored.position == positions[0]
+
+
+def test_the_feed_filters_by_user_and_bounds_and_limits_by_position(
+    store: UnitOfWorkFactory,
+) -> None:
+    mine, other = new_id("user"), new_id("user")
+    start = read(store, lambda u: u.ledger.feed_end())
+    for user_id in (mine, other, mine, mine, other):
+        write(store, lambda unit, user_id=user_id: add_account_with_entries(unit, user_id, 1))
+    sequence(store)
+    everything = feed(store, start)
+    positions = [entry.position for entry in everything]
+    my_rows = [entry for entry in everything if entry.user_id == mine]
+
+    assert [entry.user_id for entry in everything] == [mine, other, mine, mine, other]
+    assert feed(store, start, mine) == my_rows
+    assert [e.position for e in feed(store, my_rows[0].position, mine)] == [
+        e.position for e in my_rows[1:]]
+    assert feed(store, start, upto=positions[2]) == everything[:3]
+    assert feed(store, positions[0], upto=positions[3]) == everything[1:4]
+    assert feed(store, start, mine, upto=positions[2]) == my_rows[:2]
+    assert feed(store, start, limit=2) == everything[:2]
+    assert feed(store, start, mine, limit=1) == my_rows[:1]
+    assert feed(store, positions[-1]) == []
+    assert feed(store, start, new_id("user")) == []
+
+
+def test_reading_the_feed_page_by_page_sees_every_row_once(store: UnitOfWorkFactory) -> None:
+    user_id = new_id("user")
+    start = read(store, lambda u: u.ledger.feed_end())
+    with store() as unit:
+        rows = add_account_with_entries(unit, user_id, 7)
+        unit.commit()
+    sequence(store)
+
+    seen: list[LedgerEntry] = []
+    after = start
+    while page := feed(store, after, limit=3):
+        seen += page
+        after = page[-1].position
+
+    assert seen == rows
+    assert after == read(store, lambda u: u.ledger.feed_end())
+
+
+def test_the_feed_is_empty_and_ends_at_zero_before_any_row(store: UnitOfWorkFactory) -> None:
+    assert read(store, lambda u: u.ledger.feed_end()) == 0
+    assert feed(store, 0) == []
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def committing_store(request: pytest.FixtureRequest) -> Iterator[UnitOfWorkFactory]:
+    """The stores that give positions at commit, under their writer lock."""
+    if request.param == "memory":
+        yield InMemoryStore()
+        return
+    sql_store = SqlStore(request.getfixturevalue("sqlite_url"), pool_size=2)
+    yield sql_store
+    sql_store.dispose()
+
+
+def test_memory_and_sqlite_give_positions_at_commit_and_none_to_a_rolled_back_unit(
+    committing_store: UnitOfWorkFactory,
+) -> None:
+    store, user_id = committing_store, new_id("user")
+    write(store, lambda unit: add_account_with_entries(unit, user_id, 1))
+    with store() as abandoned:
+        add_account_with_entries(abandoned, user_id, 2)
+    with store() as unit:
+        add_account_with_entries(unit, user_id, 1)
+        unit.rollback()
+        kept = add_account_with_entries(unit, user_id, 2)
+        unit.commit()
+
+    positions = [entry.position for entry in feed(store, 0)]
+
+    assert positions == [1, 2, 3]  # no sequencer needed, and no number lost
+    assert feed(store, 1) == kept
+    assert read(store, lambda u: u.ledger.feed_end()) == 3

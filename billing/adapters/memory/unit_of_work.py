@@ -2,7 +2,9 @@
 
 A writing unit holds the store's lock from start to end (like SQLite's BEGIN IMMEDIATE), works on
 a copy and replaces the store's state only on commit: an uncommitted unit leaves nothing behind.
-Unique keys raise TransientConflict as a database's unique index would.
+Unique keys raise TransientConflict as a database's unique index would. The commit gives the
+unit's new ledger rows their feed positions, still under the lock: positions follow commit order,
+and a unit that never commits uses none.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class _State:
     accounts: dict[str, Account] = field(default_factory=dict)
     ledger: dict[str, LedgerEntry] = field(default_factory=dict)  # by key, in insertion order
     next_seq: int = 1
+    unnumbered: list[str] = field(default_factory=list)  # keys of rows added, not committed
+    next_position: int = 1
     payments: dict[str, PaymentSession] = field(default_factory=dict)
     refunds: dict[str, Refund] = field(default_factory=dict)
     inbox: dict[str, InboxEvent] = field(default_factory=dict)
@@ -85,6 +89,7 @@ class InMemoryUnitOfWork:
 
     def commit(self) -> None:
         assert not self._read_only, "a read-only unit cannot commit"
+        self._number_new_rows()
         self._store.state = self._state
         self._state = copy.deepcopy(self._state)  # later writes in this unit stay uncommitted
         self._rebind()
@@ -93,6 +98,13 @@ class InMemoryUnitOfWork:
     def rollback(self) -> None:
         self._state = copy.deepcopy(self._store.state)
         self._rebind()
+
+    def _number_new_rows(self) -> None:
+        state = self._state
+        for key in state.unnumbered:
+            state.ledger[key] = replace(state.ledger[key], position=state.next_position)
+            state.next_position += 1
+        state.unnumbered.clear()
 
     def _rebind(self) -> None:
         for repository in (
@@ -138,6 +150,7 @@ class _Ledger(_Repository):
         written = replace(entry, seq=self.state.next_seq)
         self.state.next_seq += 1
         self.state.ledger[entry.key] = written
+        self.state.unnumbered.append(entry.key)
         return written
 
     def get(self, key: str) -> LedgerEntry | None:
@@ -153,6 +166,21 @@ class _Ledger(_Repository):
 
     def scan(self) -> Iterator[LedgerEntry]:
         return iter(sorted(self.state.ledger.values(), key=lambda e: (e.user_id, e.seq)))
+
+    def feed(
+        self, after: int, user_id: str | None, limit: int, upto: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        rows = [
+            entry
+            for entry in self.state.ledger.values()
+            if entry.position > max(after, 0)  # 0: not in the feed yet
+            and (upto is None or entry.position <= upto)
+            and (user_id is None or entry.user_id == user_id)
+        ]
+        return sorted(rows, key=lambda e: e.position)[:limit]
+
+    def feed_end(self) -> int:
+        return self.state.next_position - 1
 
 
 class _Payments(_Repository):

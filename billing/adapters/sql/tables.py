@@ -1,4 +1,4 @@
-"""The schema: SQLAlchemy Core tables. Migration 0001 creates exactly this (a test checks it).
+"""The schema: SQLAlchemy Core tables. The migrations add up to exactly this (a test checks it).
 
 The database, not only Python, holds the money invariants, for every process that writes:
 - `accounts.balance >= 0` (CHECK);
@@ -80,6 +80,10 @@ ledger = Table(
     Column("caller", String(128), nullable=False),
     Column("request_id", STRIPE_ID, nullable=False),  # an idempotency key or a Stripe event id
     Column("created_at", UtcDateTime, nullable=False),
+    # The row's place in the one global feed, given after its transaction commits: NULL until
+    # then (Postgres: the sequencer numbers committed rows; SQLite: the writer, just before its
+    # COMMIT, under the database's write lock).
+    Column("feed_position", BigInteger, nullable=True),
     UniqueConstraint("key"),
     CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
     sqlite_autoincrement=True,
@@ -91,6 +95,18 @@ LEDGER_SEQUENCE = "ledger_seq_seq"
 # A user's history, newest first (WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT n: the
 # index read backwards), and the audit's scan of every row by (user_id, seq) without a sort.
 Index("ix_ledger_user_id_seq", ledger.c.user_id, ledger.c.seq)
+# The sequence feed positions are drawn from on Postgres (sequencer.py), CACHE 1: never handed
+# out in blocks, so a later draw is always a higher value, whichever session makes it. A test
+# checks it. SQLite needs none: a row's position there is its seq.
+FEED_SEQUENCE = "ledger_feed_position_seq"
+# The feed, every user's or one user's (WHERE [user_id = ? AND] feed_position > ? ORDER BY
+# feed_position LIMIT n), read in the order of these indexes; one position per row.
+Index("ix_ledger_feed_position", ledger.c.feed_position, unique=True)
+Index("ix_ledger_user_id_feed_position", ledger.c.user_id, ledger.c.feed_position)
+# The rows still waiting for a position, in seq order: the sequencer finds them here without a
+# scan of the ledger. Partial, so it holds only those few rows (on SQLite, for an instant).
+Index("ix_ledger_seq", ledger.c.seq, postgresql_where=ledger.c.feed_position.is_(None),
+      sqlite_where=ledger.c.feed_position.is_(None))
 
 payments = Table(
     "payments",

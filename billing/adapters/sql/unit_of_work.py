@@ -7,6 +7,9 @@ identity map per table (identity.py) and served from it by every key; a save wri
 columns that changed. So a unit costs one round trip per read that reaches the database, plus
 one, and a duplicate key another unit holds surfaces, as a TransientConflict, no later than the
 commit.
+
+On SQLite the positions of the unit's new ledger rows in the feed ride on the COMMIT, with no
+round trip of their own (repositories/accounts.py says why seq will do).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class SqlUnitOfWork:
         self.events: list[DomainEvent] = []
         # Postgres: the ledger seq drawn when a user's account was locked, for its next row.
         self.reserved_seqs: dict[str, int] = {}
+        # SQLite: the seqs of the ledger rows this transaction added, numbered at its commit.
+        self.unnumbered_seqs: list[int] = []
         self._connection: UnitConnection | None = None
         self._committed = False
 
@@ -102,6 +107,7 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert not self.read_only, "a read-only unit cannot commit"
         connection = self._require_connection()
+        self._before_commit(connection)
         self._forget()  # the locks go with the transaction, and so do the rows they guarded
         connection.commit()
         self._committed = True
@@ -140,10 +146,17 @@ class SqlUnitOfWork:
         is pending; its rows, if it returns any."""
         return self._require_connection().text(sql, params)
 
+    def _before_commit(self, connection: UnitConnection) -> None:
+        """Queue what the feed needs sent with this COMMIT (see the module's docstring)."""
+        if self.unnumbered_seqs:
+            connection.write(self.sql.ledger.number,
+                             (min(self.unnumbered_seqs), max(self.unnumbered_seqs)))
+
     def _forget(self) -> None:
         for cache in self._caches or ():
             cache.clear()
         self.reserved_seqs.clear()
+        self.unnumbered_seqs.clear()
 
     def _require_connection(self) -> UnitConnection:
         if self._connection is None:

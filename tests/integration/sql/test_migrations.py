@@ -12,12 +12,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.pool import NullPool
 
 from billing.adapters.sql import SchemaError, SqlStore, migrate
 from billing.adapters.sql.schema import alembic_config, head_revision
-from billing.adapters.sql.tables import metadata
+from billing.adapters.sql.tables import FEED_SEQUENCE, metadata
 
 TABLES = {"accounts", "ledger", "payments", "refunds", "webhook_inbox", "idempotency_records"}
 
@@ -175,3 +175,65 @@ def test_the_start_up_check_knows_the_newest_migration() -> None:
     from billing.adapters.sql.schema import SCHEMA_HEAD
 
     assert head_revision() == SCHEMA_HEAD, "update SCHEMA_HEAD with each new migration"
+
+
+def test_the_feed_migration_numbers_existing_rows_in_seq_order_page_by_page(
+    empty_url: str,
+) -> None:
+    """0002 numbers the rows already there: in seq order (not the order they were written in),
+    three rows an UPDATE here, so the seven take three pages; on Postgres from the feed's
+    sequence, which then goes on after the last of them."""
+    if empty_url.startswith("sqlite:///"):  # `migrate` would make its directory
+        Path(empty_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(empty_url, poolclass=NullPool)
+    seqs = [7, 3, 11, 1, 5, 2, 9]
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO accounts (user_id, balance) VALUES ('u', 7)"))
+            for seq in seqs:
+                connection.execute(text(
+                    "INSERT INTO ledger (seq, key, user_id, type, coins, balance_after,"
+                    " shortfall, description, session_id, payment_id, caller, request_id,"
+                    " created_at) VALUES (:seq, :key, 'u', 'GRANT', 1, 1, 0, '', '', '', '',"
+                    " '', CURRENT_TIMESTAMP)"), {"seq": seq, "key": f"grant:{seq}"})
+        statements: list[str] = []
+        event.listen(engine, "before_cursor_execute",
+                     lambda *args: statements.append(args[2]))  # (connection, cursor, sql...)
+        with engine.begin() as connection:
+            config = alembic_config(connection)
+            config.attributes["feed_backfill_page"] = 3
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            numbered = [tuple(row) for row in connection.execute(
+                text("SELECT seq, feed_position FROM ledger ORDER BY seq"))]
+            postgres = connection.dialect.name == "postgresql"
+            following = connection.execute(
+                text(f"SELECT nextval('{FEED_SEQUENCE}')")).scalar() if postgres else None
+    finally:
+        engine.dispose()
+
+    ordered = sorted(seqs)
+    assert len([sql for sql in statements if "SET feed_position" in sql]) == 3
+    if postgres:
+        assert numbered == list(zip(ordered, range(1, 8), strict=True))
+        assert following == 8
+    else:
+        assert numbered == [(seq, seq) for seq in ordered]  # SQLite writers give seq, too
+    assert differences(empty_url) == []
+
+
+def test_the_feed_sequence_hands_out_no_blocks(empty_postgres_url: str) -> None:
+    """CACHE 1: a later draw is higher than every earlier one, whichever session draws."""
+    migrate(empty_postgres_url)
+    engine = create_engine(empty_postgres_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            cache = connection.execute(text(
+                "SELECT cache_size FROM pg_sequences WHERE sequencename = :name"),
+                {"name": FEED_SEQUENCE}).scalar()
+    finally:
+        engine.dispose()
+
+    assert cache == 1

@@ -8,6 +8,14 @@ RETURNING, evaluated once the row is locked); the unit keeps it for that user's 
 which is then written with an explicit seq in the flush: `add` returns the entry with its seq
 without a round trip of its own. A second row for the same user in one unit (rare) draws another
 value with a round trip, still after the lock. SQLite assigns seq at INSERT (AUTOINCREMENT).
+
+A row's feed position is given after its transaction commits. On Postgres a row is written with
+none (NULL) and the sequencer (sequencer.py) numbers committed rows; Postgres makes a commit
+visible before it releases the commit's row locks, so per user the sequencer always sees a row
+before the next one of that user. On SQLite a writing unit holds the database's write lock from
+its first statement to COMMIT, so seq order is commit order: just before COMMIT, in the same
+transaction, the unit's new rows get their seq as their position (`number`, sent by the unit).
+Feed reads take no locks, in any unit: a row's position never changes once given.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from billing.adapters.sql.repositories.base import SqlRepository, key_of
-from billing.adapters.sql.statements import Dialect, Read, Row, TableSql
+from billing.adapters.sql.statements import Dialect, Read, Row, Statement, TableSql
 from billing.adapters.sql.tables import LEDGER_SEQUENCE, accounts, ledger
 from billing.domain.errors import TransientConflict
 from billing.domain.ledger import Account, LedgerEntry, TransactionType
@@ -28,7 +36,7 @@ if TYPE_CHECKING:
 ACCOUNT_COLUMNS = ("user_id", "balance")
 LEDGER_COLUMNS = (
     "seq", "key", "user_id", "type", "coins", "balance_after", "shortfall", "description",
-    "session_id", "payment_id", "caller", "request_id", "created_at",
+    "session_id", "payment_id", "caller", "request_id", "created_at", "feed_position",
 )
 
 
@@ -114,6 +122,23 @@ class LedgerSql:
         self.older = t.read("older", "user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?")
         # In the order of ix_ledger_user_id_seq: no sort of the whole ledger.
         self.scan = t.statement("scan", f"{t.select} ORDER BY user_id, seq")
+        # The feed by keyset on position, every user's (ix_ledger_feed_position) or one user's
+        # (ix_ledger_user_id_feed_position), with or without an upper bound; NULL is never > ?.
+        self.feed = {
+            (per_user, bounded): _unlocked(t.statement(
+                f"feed{'_user' if per_user else ''}{'_upto' if bounded else ''}",
+                f"{t.select} WHERE {'user_id = ? AND ' if per_user else ''}feed_position > ?"
+                f"{' AND feed_position <= ?' if bounded else ''}"
+                " ORDER BY feed_position LIMIT ?",
+            ))
+            for per_user in (False, True) for bounded in (False, True)
+        }
+        self.feed_end = _unlocked(t.statement(
+            "feed_end", "SELECT COALESCE(MAX(feed_position), 0) FROM ledger"))
+        # SQLite: a writing unit's new rows, numbered just before its COMMIT. It holds the write
+        # lock, so the seqs from its first new row to its last are all its own.
+        self.number = t.statement(
+            "number", "UPDATE ledger SET feed_position = seq WHERE seq BETWEEN ? AND ?")
 
 
 class SqlLedgerRepository(SqlRepository):
@@ -133,6 +158,7 @@ class SqlLedgerRepository(SqlRepository):
             unit.write(sql.insert, (seq, *values))
         else:
             seq = unit.insert_rowid(sql.insert, values)
+            unit.unnumbered_seqs.append(seq)
         if self._cache is not None:
             self._cache.put((seq, *values))
         return replace(entry, seq=seq)
@@ -152,19 +178,36 @@ class SqlLedgerRepository(SqlRepository):
         for row in self._stream(self._sql.scan):
             yield _entry(row, self._sql.dialect)
 
+    def feed(
+        self, after: int, user_id: str | None, limit: int, upto: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        read = self._sql.feed[user_id is not None, upto is not None]
+        params = [*([user_id] if user_id is not None else ()), after,
+                  *([upto] if upto is not None else ()), limit]
+        return [_entry(row, self._sql.dialect) for row in self._unit.query(read, params)]
+
+    def feed_end(self) -> int:
+        ((end,),) = self._unit.query(self._sql.feed_end, ())
+        return int(end)
+
 
 def _values(entry: LedgerEntry, dialect: Dialect) -> Row:
-    """The row without its seq."""
+    """The new row without its seq (and, still, without a feed position)."""
     return (
         entry.key, entry.user_id, entry.type.value, entry.coins, entry.balance_after,
         entry.shortfall, entry.description, entry.session_id, entry.payment_id, entry.caller,
-        entry.request_id, dialect.time_to_db(entry.created_at),
+        entry.request_id, dialect.time_to_db(entry.created_at), None,
     )
+
+
+def _unlocked(statement: Statement) -> Read:
+    """A read that locks nothing even in a writing unit."""
+    return Read(statement, statement)
 
 
 def _entry(row: Row, dialect: Dialect) -> LedgerEntry:
     (seq, key, user_id, type_, coins, balance_after, shortfall, description, session_id,
-     payment_id, caller, request_id, created_at) = row
+     payment_id, caller, request_id, created_at, position) = row
     return LedgerEntry(
         key=key,
         user_id=user_id,
@@ -179,4 +222,5 @@ def _entry(row: Row, dialect: Dialect) -> LedgerEntry:
         caller=caller,
         request_id=request_id,
         seq=seq,
+        position=position or 0,
     )

@@ -5,7 +5,14 @@
                                                    "https://game/ok", "https://game/cancel")
         balance = billing.get_balance("user-1")
 
-Every call has a deadline (`timeout`, 5 s by default). Calls that fail with UNAVAILABLE are
+    for info in billing.watch_payment_status("user-1", checkout.session_id):
+        ...  # PENDING, then COMPLETED with info.coins_added; the iterator then ends
+    for event in billing.stream_transactions("user-1", after_cursor=saved_cursor):
+        if event.transaction is not None:
+            apply(event.transaction)
+        saved_cursor = event.cursor  # after processing: a resume sends nothing twice
+
+Every unary call has a deadline (`timeout`, 5 s by default). Calls that fail with UNAVAILABLE are
 retried by gRPC itself (a few attempts, exponential backoff): every RPC of the contract is safe to
 repeat — reads change nothing, cancel is naturally idempotent, and the writes carry a request id
 or idempotency key, which this client generates once per call when the caller passes none, so a
@@ -16,6 +23,8 @@ carrying the status code and the ErrorInfo `reason` (e.g. "INSUFFICIENT_COINS").
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,6 +108,15 @@ class CoinsResult:
 class TransactionsPage:
     transactions: list[Transaction]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One message of the ledger feed: a row, or (transaction None) a checkpoint. Either way
+    `cursor` is where to resume after it."""
+
+    cursor: str
+    transaction: Transaction | None
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -263,6 +281,54 @@ class BillingClient:
             user_id=user_id, page_size=page_size, page_token=page_token), timeout)
         return TransactionsPage([_transaction(t) for t in r.transactions], r.next_page_token)
 
+    def watch_payment_status(
+        self, user_id: str, session_id: str, *, timeout: float | None = None
+    ) -> Iterator[PaymentInfo]:
+        """The session's status now, then each change, ending once it settles (COMPLETED,
+        FAILED, EXPIRED, CANCELLED; REFUNDED and DISPUTED are sent once). `timeout` bounds the
+        whole watch (None: the server ends it after BILLING_MAX_WATCH_S)."""
+        call = self._stub.WatchPaymentStatus(pb.WatchPaymentStatusRequest(
+            user_id=user_id, session_id=session_id), timeout=timeout, metadata=self._metadata)
+        try:
+            for r in call:
+                yield PaymentInfo(r.session_id, _status(r.status), r.coins_added, r.new_balance,
+                                  _money(r.amount), r.package_id, r.coins_refunded)
+        except grpc.RpcError as error:
+            raise BillingClientError.from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    def stream_transactions(
+        self, user_id: str = "", *, after_cursor: str = "", from_now: bool = False,
+        resume: bool = True, max_backoff_s: float = 5.0,
+    ) -> Iterator[FeedEvent]:
+        """Ledger rows in feed order (one user's, or with no user_id everyone's, which needs the
+        StreamAllTransactions scope), then live ones, forever; checkpoints included.
+
+        The iterator keeps the cursor of the last event it handed out and, when `resume` is on,
+        reconnects from it by itself after a dropped connection, SHUTTING_DOWN, SLOW_CONSUMER
+        or OVERLOADED (with jittered backoff): a caller that processes each event before asking
+        for the next sees every row exactly once. Other errors raise BillingClientError."""
+        cursor, failures = after_cursor, 0
+        while True:
+            call = self._stub.StreamTransactions(pb.StreamTransactionsRequest(
+                user_id=user_id, after_cursor=cursor, from_now=from_now and not cursor),
+                metadata=self._metadata)
+            try:
+                for message in call:
+                    failures = 0
+                    cursor = message.cursor
+                    yield FeedEvent(message.cursor, _transaction(message.transaction)
+                                    if message.HasField("transaction") else None)
+            except grpc.RpcError as error:
+                failure = BillingClientError.from_rpc_error(error)
+                if not (resume and _resumable(failure)):
+                    raise failure from None
+            finally:
+                call.cancel()
+            failures += 1
+            time.sleep(random.uniform(0.5, 1.0) * min(max_backoff_s, 0.05 * 2**failures))
+
     def iter_transactions(self, user_id: str, page_size: int = 0) -> Iterator[Transaction]:
         """Every transaction of the user, newest first, page by page."""
         token = ""
@@ -272,6 +338,15 @@ class BillingClient:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+
+def _resumable(failure: BillingClientError) -> bool:
+    """Where a feed consumer picks up from its cursor: the connection or the replica went away,
+    or the server shed or cut off the stream."""
+    if failure.code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    return failure.code is grpc.StatusCode.RESOURCE_EXHAUSTED and failure.reason in (
+        "SLOW_CONSUMER", "OVERLOADED")
 
 
 # -- decoding ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from billing.adapters.bounded_gateway import BoundedPaymentGateway
 from billing.adapters.bulkheads import Bulkhead
 from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
 from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases, DatabaseLanes
+from billing.adapters.live import LiveHub, LiveNotifier, Notifiers
 from billing.adapters.metrics import Metrics
 from billing.adapters.notifier import LoggingNotifier
 from billing.adapters.refusal_log import RefusalLog
@@ -40,6 +41,8 @@ from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.reconcile import Reconcile
 from billing.use_cases.refund_payment import RefundPayment
 from billing.use_cases.spend_coins import SpendCoins
+from billing.use_cases.stream_transactions import StreamTransactions
+from billing.use_cases.watch_payment_status import WatchPaymentStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from billing.adapters.sql import SqlStore
+    from billing.adapters.sql.listener import FeedListener
+    from billing.adapters.sql.sequencer import FeedSequencer
     from billing.adapters.stripe_gateway import StripeEventParser, StripePaymentGateway
     from billing.adapters.webhook import ConnectionGuard
 
@@ -111,6 +116,52 @@ def migrate_database(settings: Settings) -> None:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
+
+
+def _postgres_engine(store: object) -> Any:
+    """The store's engine when it is Postgres (where positions are given after commit, and
+    wake-ups cross replicas through LISTEN/NOTIFY); None for SQLite and memory."""
+    engine = getattr(store, "engine", None)
+    return engine if engine is not None and engine.dialect.name == "postgresql" else None
+
+
+def build_sequencer(
+    settings: Settings, store: object, metrics: Metrics, live: LiveHub
+) -> FeedSequencer | None:
+    """The feed sequencer on Postgres (the server starts it); None elsewhere."""
+    engine = _postgres_engine(store)
+    if engine is None:
+        return None
+    from billing.adapters.sql.sequencer import FeedSequencer
+
+    def sequenced(count: int, top: int) -> None:
+        metrics.sequencer_batch.observe(count)
+        live.feed_moved()
+
+    return FeedSequencer(engine, poll_s=settings.feed_poll_s, on_sequenced=sequenced)
+
+
+def build_feed_listener(store: object, metrics: Metrics, live: LiveHub) -> FeedListener | None:
+    """The process's LISTEN connection on Postgres (the server runs it); None elsewhere."""
+    engine = _postgres_engine(store)
+    if engine is None:
+        return None
+    from billing.adapters.sql.listener import FeedListener
+
+    return FeedListener(
+        engine, on_feed=live.feed_moved, on_sessions=live.wake_sessions,
+        on_connected=live.wake_everything,
+        on_notification=lambda channel: metrics.feed_notifications.labels(channel).inc(),
+    )
+
+
+def build_notifier(
+    logging_notifier: LoggingNotifier, live: LiveHub, sequencer: FeedSequencer | None
+) -> Notifiers:
+    """Every commit's events are logged, then wake the streams: on Postgres through the
+    sequencer (positions come after commit), elsewhere directly."""
+    live_notifier = LiveNotifier(live, sequencer.wake if sequencer is not None else None)
+    return Notifiers(logging_notifier, live_notifier)
 
 
 def build_stripe_gateway(settings: Settings) -> StripePaymentGateway:
@@ -226,7 +277,7 @@ class Container(containers.DeclarativeContainer):
 
     # -- Observability ------------------------------------------------------------------------
     metrics = providers.Singleton(Metrics)
-    notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
+    logging_notifier = providers.Singleton(LoggingNotifier, metrics=metrics)
     clock = providers.Singleton(SystemClock)
     # Refusals anyone can cause (forged webhooks, wrong tokens): counted always, logged a few
     # per minute; the server ticks them so a last summary is written.
@@ -247,6 +298,22 @@ class Container(containers.DeclarativeContainer):
     # -- Storage ------------------------------------------------------------------------------
     store = providers.Singleton(build_sql_store, settings, metrics)
     prepare_store = providers.Callable(prepare_database, settings, store)
+    # -- Live updates: one hub per process fans the feed and wake-ups out to its streams -------
+    # (its units only read, on the read lane, and publish nothing)
+    live_units = providers.Singleton(
+        UnitRunner, uow=store, clock=clock, notifier=logging_notifier, offload=read_lane
+    )
+    live = providers.Singleton(
+        LiveHub,
+        live_units,
+        max_streams=settings.provided.max_streams,
+        buffer=settings.provided.stream_buffer,
+        poll_s=settings.provided.feed_poll_s,
+        metrics=metrics,
+    )
+    sequencer = providers.Singleton(build_sequencer, settings, store, metrics, live)
+    feed_listener = providers.Singleton(build_feed_listener, store, metrics, live)
+    notifier = providers.Singleton(build_notifier, logging_notifier, live, sequencer)
     units = providers.Singleton(UnitRunner, uow=store, clock=clock, notifier=notifier)
     # The units of the use cases that also wait on Stripe, run from the event loop.
     checkout_units = providers.Singleton(
@@ -283,6 +350,14 @@ class Container(containers.DeclarativeContainer):
         GrantCoins, units, settings.provided.max_coins
     )
     list_transactions = providers.Singleton(ListTransactions, units)
+    watch_payment_status = providers.Singleton(
+        WatchPaymentStatus, get_payment_status, live, read_lane,
+        max_s=settings.provided.max_watch_s,
+    )
+    stream_transactions = providers.Singleton(
+        StreamTransactions, live_units, live,
+        idle_checkpoint_s=settings.provided.stream_checkpoint_s,
+    )
     apply_payment_event = providers.Singleton(
         ApplyPaymentEvent, units, settings.provided.event_max_attempts
     )
@@ -310,6 +385,8 @@ class Container(containers.DeclarativeContainer):
             spend_coins=spend_coins,
             grant_coins=grant_coins,
             list_transactions=list_transactions,
+            watch_payment_status=watch_payment_status,
+            stream_transactions=stream_transactions,
         ),
         providers.Singleton(DatabaseLanes, reads=read_lane, writes=write_lane),
     )

@@ -25,6 +25,7 @@ from billing.container import Container, StartupError, close_stripe
 from billing.settings import Settings, SettingsError, check_startup_safety
 
 if TYPE_CHECKING:
+    from billing.adapters.live import LiveHub
     from billing.adapters.webhook import ConnectionGuard
 
 log = logging.getLogger("billing.server")
@@ -52,6 +53,7 @@ class BillingServer:
         self._grpc: GrpcEndpoint | None = None
         self._runners: list[tuple[str, web.BaseRunner]] = []
         self._store: Any = None  # built by _start; disposed on the way out
+        self._live: LiveHub | None = None  # started by _start; ends the streams on the way out
         self._store_ok = True
         self.started = threading.Event()  # set once every listener accepts connections
         self.stopped = threading.Event()
@@ -94,6 +96,9 @@ class BillingServer:
                 asyncio.create_task(self._watch_store(), name="store-health"),
                 asyncio.create_task(self._warm_up(), name="warm-up"),
             ]
+            listener = self._container.feed_listener()
+            if listener is not None:
+                background.append(asyncio.create_task(listener.run(), name="feed-listener"))
             if self._runs_singletons:
                 background.append(
                     asyncio.create_task(self._reconcile_forever(), name="reconcile"))
@@ -133,6 +138,11 @@ class BillingServer:
         if not self._store_ok:
             log.warning("the database does not answer: serving NOT_SERVING until it does")
         # Build everything first, so a configuration error leaves no port half-open.
+        self._live = container.live()
+        self._live.start()
+        sequencer = container.sequencer()
+        if sequencer is not None:
+            sequencer.start()
         servicer, interceptors = container.servicer(), container.interceptors()
         public_app, public_connections = container.public_app(), container.public_connections()
         admin_app = container.admin_app(ready=self.ready)
@@ -285,6 +295,8 @@ class BillingServer:
     async def _shutdown(self, grace: float) -> None:
         """Stop accepting everywhere at once, let in-flight work finish within `grace`."""
         stopping: list[Awaitable[Any]] = []
+        if self._live is not None:  # open streams end now (SHUTTING_DOWN), not at the grace
+            await self._live.close()
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace))
         # The fake Stripe (last started) stops first, so it sends nothing to a closed webhook.
@@ -301,6 +313,10 @@ class BillingServer:
         container = self._container
         with contextlib.suppress(Exception):
             await close_stripe(container)
+        if self._live is not None:
+            sequencer = container.sequencer()
+            if sequencer is not None:
+                await container.background_lane()(sequencer.stop)
         for lane in container.request_lanes():
             lane.shutdown()
         dispose = getattr(self._store, "dispose", None)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from dotenv import dotenv_values
 
+from billing.domain.feed import EVERY_USER_SCOPE
 from billing.domain.limits import DEFAULT_MAX_COINS
 
 T = TypeVar("T")
@@ -105,6 +106,12 @@ class Settings:
     webhook_body_timeout_s: float = 10.0
     webhook_keepalive_s: float = 75.0
     webhook_max_refusals_per_s: float = 500.0  # 0: no pace
+    # Streams (WatchPaymentStatus, StreamTransactions).
+    max_streams: int = 10000  # per process; beyond: OVERLOADED (limit "streams")
+    max_watch_s: float = 3600.0  # a watch without a deadline ends after this
+    stream_checkpoint_s: float = 5.0  # an idle StreamTransactions sends a checkpoint this often
+    stream_buffer: int = 1000  # rows a stream may fall behind before SLOW_CONSUMER
+    feed_poll_s: float = 1.0  # the feed's safety net: read it (and sequence it) this often
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -242,6 +249,11 @@ def parse(env: Mapping[str, str]) -> Settings:
         webhook_max_refusals_per_s=read.number(
             "BILLING_WEBHOOK_MAX_REFUSALS_PER_S", 500.0, allow_zero=True, unit="refusals a second"
         ),
+        max_streams=read.optional("BILLING_MAX_STREAMS", _positive_int) or 10000,
+        max_watch_s=read.number("BILLING_MAX_WATCH_S", 3600.0),
+        stream_checkpoint_s=read.number("BILLING_STREAM_CHECKPOINT_S", 5.0),
+        stream_buffer=read.optional("BILLING_STREAM_BUFFER", _positive_int) or 1000,
+        feed_poll_s=read.number("BILLING_FEED_POLL_S", 1.0),
     )
     ports = {"BILLING_GRPC_PORT": settings.grpc_port, "BILLING_HTTP_PORT": settings.http_port,
              "BILLING_ADMIN_PORT": settings.admin_port}
@@ -294,7 +306,7 @@ def rpc_names() -> frozenset[str]:
 
 def parse_api_tokens(text: str) -> tuple[ApiToken, ...]:
     """`name:token[:Rpc+Rpc],…`; the message never repeats a token."""
-    known = rpc_names()
+    known = rpc_names() | {EVERY_USER_SCOPE}
     tokens: list[ApiToken] = []
     seen: set[str] = set()
     for index, entry in enumerate(part.strip() for part in text.split(",")):
@@ -321,6 +333,8 @@ def parse_api_tokens(text: str) -> tuple[ApiToken, ...]:
                 raise ValueError(
                     f"{where}: unknown RPC names {unknown or ['(none)']}; known: {sorted(known)}"
                 )
+            if EVERY_USER_SCOPE in rpcs:  # every user's feed implies a user's own
+                rpcs |= {"StreamTransactions"}
         tokens.append(ApiToken(name, Secret(token), rpcs))
     if not tokens:
         raise ValueError("no token given (unset the variable to turn auth off)")

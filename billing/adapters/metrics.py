@@ -138,6 +138,41 @@ class Metrics:
             registry=r,
         )
 
+        self.streams_open = Gauge(
+            "billing_streams_open",
+            "Open streams by RPC (WatchPaymentStatus, StreamTransactions); past "
+            "BILLING_MAX_STREAMS per process a new one gets OVERLOADED.",
+            ["rpc"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.streams_refused = Counter(
+            "billing_streams_refused_total",
+            "Streams refused (overloaded: BILLING_MAX_STREAMS) or ended by the service "
+            "(slow_consumer, shutting_down).",
+            ["reason"],
+            registry=r,
+        )
+        self.feed_lag = Histogram(
+            "billing_feed_lag_seconds",
+            "From a ledger row's write to its delivery to the process's streams (the feed tail).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.sequencer_batch = Histogram(
+            "billing_feed_sequencer_batch_rows",
+            "Ledger rows given feed positions in one sequencer transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.feed_notifications = Counter(
+            "billing_feed_notifications_total",
+            "Postgres notifications received by the process's listener, by channel "
+            "(billing_feed: new positions; billing_status: a status change without a ledger row).",
+            ["channel"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The text a Prometheus scrape gets: this process's metrics, or every worker's."""
         if not os.environ.get(MULTIPROCESS_DIR_ENV):

@@ -121,6 +121,27 @@ class Overloaded(BillingError):
         return {"limit": self.limit}
 
 
+class InvalidCursor(BillingError):
+    """A feed cursor that no stream ever sent, or one given together with from_now."""
+
+    reason = "INVALID_CURSOR"
+    kind = ErrorKind.INVALID
+
+
+class SlowConsumer(BillingError):
+    """A stream's consumer fell behind its bounded buffer; it resumes from its last cursor."""
+
+    reason = "SLOW_CONSUMER"
+    kind = ErrorKind.EXHAUSTED
+
+
+class ShuttingDown(BillingError):
+    """The process is draining: its open streams end; the caller resumes on another replica."""
+
+    reason = "SHUTTING_DOWN"
+    kind = ErrorKind.UNAVAILABLE
+
+
 class StoreUnavailable(BillingError):
     """The database cannot be reached; retrying later is safe."""
 

@@ -25,6 +25,10 @@ class PaymentStatus(StrEnum):
 UNPAID_ENDINGS = frozenset({PaymentStatus.FAILED, PaymentStatus.EXPIRED, PaymentStatus.CANCELLED})
 # Money was taken at some point: the session's coins were credited.
 PAID_STATES = frozenset({PaymentStatus.COMPLETED, PaymentStatus.REFUNDED, PaymentStatus.DISPUTED})
+# Where a watch ends: every state but PENDING. A session leaves PENDING for COMPLETED (with its
+# coins credited in the same transaction), FAILED, EXPIRED or CANCELLED; one already REFUNDED or
+# DISPUTED is sent once. (A late paid completion may still follow an unpaid ending: rule 3.)
+WATCH_SETTLED = frozenset(PaymentStatus) - {PaymentStatus.PENDING}
 
 
 def new_payment_id() -> str:

@@ -1,6 +1,7 @@
 """The ports: small Protocols the use cases need, implemented by the adapters."""
 
 from billing.ports.clock import Clock
+from billing.ports.live import FeedFollower, LiveUpdates, SessionWaiter
 from billing.ports.notifier import Notifier
 from billing.ports.offload import Offload
 from billing.ports.payment_gateway import (
@@ -29,9 +30,11 @@ __all__ = [
     "CheckoutSnapshot",
     "Clock",
     "EventInbox",
+    "FeedFollower",
     "IdempotencyRecord",
     "IdempotencyStore",
     "LedgerRepository",
+    "LiveUpdates",
     "Notifier",
     "Offload",
     "PaymentEventParser",
@@ -40,6 +43,7 @@ __all__ = [
     "RefundParams",
     "RefundRepository",
     "RefundSnapshot",
+    "SessionWaiter",
     "UnitOfWork",
     "UnitOfWorkFactory",
 ]

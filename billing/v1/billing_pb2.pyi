@@ -259,3 +259,29 @@ class Transaction(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     caller: str
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[TransactionType, str]] = ..., coins: _Optional[int] = ..., balance_after: _Optional[int] = ..., session_id: _Optional[str] = ..., description: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ...) -> None: ...
+
+class WatchPaymentStatusRequest(_message.Message):
+    __slots__ = ("user_id", "session_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    session_id: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class StreamTransactionsRequest(_message.Message):
+    __slots__ = ("user_id", "after_cursor", "from_now")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FROM_NOW_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    after_cursor: str
+    from_now: bool
+    def __init__(self, user_id: _Optional[str] = ..., after_cursor: _Optional[str] = ..., from_now: _Optional[bool] = ...) -> None: ...
+
+class TransactionEvent(_message.Message):
+    __slots__ = ("transaction", "cursor")
+    TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    transaction: Transaction
+    cursor: str
+    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., cursor: _Optional[str] = ...) -> None: ...

@@ -80,6 +80,16 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.ListTransactionsResponse.FromString,
                 _registered_method=True)
+        self.WatchPaymentStatus = channel.unary_stream(
+                '/billing.v1.BillingService/WatchPaymentStatus',
+                request_serializer=billing_dot_v1_dot_billing__pb2.WatchPaymentStatusRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.GetPaymentStatusResponse.FromString,
+                _registered_method=True)
+        self.StreamTransactions = channel.unary_stream(
+                '/billing.v1.BillingService/StreamTransactions',
+                request_serializer=billing_dot_v1_dot_billing__pb2.StreamTransactionsRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.TransactionEvent.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -157,6 +167,35 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPaymentStatus(self, request, context):
+        """Server streaming: the session's status now, then one message per change of status,
+        coins_added or coins_refunded (not of new_balance alone), ending with OK once the checkout
+        settles: COMPLETED (coins credited), FAILED, EXPIRED or CANCELLED; a watch that starts on
+        REFUNDED or DISPUTED sends it and ends. At the caller's deadline the runtime ends it with
+        DEADLINE_EXCEEDED; without a deadline it ends after BILLING_MAX_WATCH_S. A late paid
+        completion can still move an ended session to COMPLETED: a caller that cares watches again.
+        Same owner check and errors as GetPaymentStatus, plus OVERLOADED (limit "streams") and
+        SHUTTING_DOWN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTransactions(self, request, context):
+        """Server streaming: ledger rows in feed order from a cursor, then live ones as they are
+        sequenced. Every ledger row gets one position in a single global feed after its transaction
+        commits; once a position has been sent, no row ever gets a lower one, and per user positions
+        follow the ledger. So a consumer that resumes after the last cursor it processed sees every
+        row exactly once. The first message is a checkpoint (only a cursor: where the stream starts);
+        another follows after 5 s idle. Every user's feed (empty user_id) needs the token scope
+        StreamAllTransactions. Errors: INVALID_FIELD, INVALID_CURSOR, RPC_NOT_ALLOWED, OVERLOADED
+        (limit "streams"), SLOW_CONSUMER (fell behind its buffer: resume from the last cursor),
+        SHUTTING_DOWN (the process is draining: resume on another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +243,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.ListTransactionsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'WatchPaymentStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPaymentStatus,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.WatchPaymentStatusRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.GetPaymentStatusResponse.SerializeToString,
+            ),
+            'StreamTransactions': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamTransactions,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.StreamTransactionsRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.TransactionEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +499,60 @@ class BillingService:
             '/billing.v1.BillingService/ListTransactions',
             billing_dot_v1_dot_billing__pb2.ListTransactionsRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPaymentStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/billing.v1.BillingService/WatchPaymentStatus',
+            billing_dot_v1_dot_billing__pb2.WatchPaymentStatusRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.GetPaymentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/billing.v1.BillingService/StreamTransactions',
+            billing_dot_v1_dot_billing__pb2.StreamTransactionsRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.TransactionEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -232,6 +233,17 @@ def http_post(
         return error.code, error.read().decode()
 
 
+def pay_on_fake_checkout_page(checkout_url: str, card: str = "4242424242424242") -> int:
+    """Pay on the fake Stripe's checkout page as a buyer does; the HTTP status (200: paid, and
+    the fake sends its signed webhook)."""
+    status, page = http_get(checkout_url)
+    assert status == 200, page[:500]
+    body = urllib.parse.urlencode({"method": "card", "card_number": card}).encode()
+    status, _ = http_post(checkout_url, body,
+                          {"Content-Type": "application/x-www-form-urlencoded"})
+    return status
+
+
 def signed_checkout_completed(
     secret: str, session: CheckoutSnapshot, *, event_id: str
 ) -> tuple[bytes, dict[str, str]]:
@@ -285,9 +297,9 @@ def module_service(
     `env` on top; it must stop cleanly."""
     running = start_service(service_env(
         tmp_path_factory.mktemp("service"),
-        BILLING_API_TOKENS=API_TOKENS,
-        STRIPE_API_BASE="http://127.0.0.1:9",  # never called: the gateway is in memory
-        **env,
+        **{"BILLING_API_TOKENS": API_TOKENS,
+           "STRIPE_API_BASE": "http://127.0.0.1:9",  # never called: the gateway is in memory
+           **env},
     ), gateway=gateway)
     yield running
     assert running.stop() == 0

@@ -37,6 +37,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from billing.domain.feed import encode_cursor
 from billing.domain.limits import DEFAULT_MAX_COINS
 from billing.v1 import billing_pb2 as pb
 from tests.e2e.harness import (
@@ -77,6 +78,7 @@ TABLE: dict[str, grpc.StatusCode] = {
     "GATEWAY_UNAVAILABLE": C.UNAVAILABLE,
     "GATEWAY_REJECTED": C.FAILED_PRECONDITION,
     "STORE_UNAVAILABLE": C.UNAVAILABLE,
+    "INVALID_CURSOR": C.INVALID_ARGUMENT,
 }
 # What each RPC may refuse a request with, given a valid admin token, a healthy SQLite database
 # and the in-memory Stripe (so no UNAVAILABLE: nothing here can make Stripe or SQLite go away).
@@ -94,7 +96,10 @@ REASONS: dict[str, frozenset[str]] = {
     "SpendCoins": frozenset({"INVALID_FIELD", "INSUFFICIENT_COINS", "IDEMPOTENCY_KEY_REUSED"}),
     "GrantCoins": frozenset({"INVALID_FIELD", "IDEMPOTENCY_KEY_REUSED"}),
     "ListTransactions": frozenset({"INVALID_FIELD", "INVALID_PAGE_TOKEN"}),
+    "WatchPaymentStatus": frozenset({"INVALID_FIELD", "SESSION_NOT_FOUND", "NOT_SESSION_OWNER"}),
+    "StreamTransactions": frozenset({"INVALID_FIELD", "INVALID_CURSOR"}),
 }
+STREAMS = frozenset({"WatchPaymentStatus", "StreamTransactions"})
 RPCS = tuple(pb.DESCRIPTOR.services_by_name["BillingService"].methods_by_name)
 EXAMPLES_PER_RPC = 80
 WEBHOOK_EXAMPLES = 120
@@ -332,6 +337,15 @@ def list_transactions(draw: st.DrawFn, world: World) -> pb.ListTransactionsReque
     return pb.ListTransactionsRequest(user_id=user, page_size=draw(PAGE_SIZES), page_token=token)
 
 
+# Cursors: real ones (any position, past int64 too), near misses and noise.
+CURSORS = st.one_of(
+    st.just(""),
+    st.integers(min_value=0, max_value=2**70).map(encode_cursor),
+    st.text(max_size=40),
+    st.binary(max_size=30).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+)
+
+
 def requests(rpc: str, world: World) -> st.SearchStrategy[Any]:
     builders: dict[str, Callable[[], st.SearchStrategy[Any]]] = {
         "ListCoinPackages": lambda: st.just(pb.ListCoinPackagesRequest()),
@@ -353,6 +367,11 @@ def requests(rpc: str, world: World) -> st.SearchStrategy[Any]:
             pb.GrantCoinsRequest, user_id=users(world), coins=COINS, reason=REASONS_TEXT,
             idempotency_key=KEYS),
         "ListTransactions": lambda: list_transactions(world),
+        "WatchPaymentStatus": lambda: st.builds(
+            pb.WatchPaymentStatusRequest, user_id=users(world), session_id=sessions(world)),
+        "StreamTransactions": lambda: st.builds(
+            pb.StreamTransactionsRequest, user_id=st.one_of(st.just(""), users(world)),
+            after_cursor=CURSORS, from_now=st.booleans()),
     }
     return builders[rpc]()
 
@@ -375,6 +394,9 @@ def call_and_check(stub: Any, rpc: str, request: Any) -> str:
     """Send `request`; assert the answer is OK or a clean error; return "CODE/REASON"."""
     try:
         response = getattr(stub, rpc)(request, metadata=ADMIN, timeout=CALL_TIMEOUT_S)
+        if rpc in STREAMS:  # its first message (a status, or a checkpoint) or its error
+            call, response = response, next(response)
+            call.cancel()
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
         code = error.code()

@@ -26,6 +26,7 @@ from billing.adapters.grpc_api.errors import CallRefused, internal_status, statu
 from billing.adapters.metrics import Metrics
 from billing.adapters.refusal_log import RefusalLog
 from billing.domain.errors import BillingError, InvalidField
+from billing.domain.feed import EVERY_USER_SCOPE
 
 SERVICE = "billing.v1.BillingService"
 _PREFIX = f"/{SERVICE}/"
@@ -90,7 +91,11 @@ class Authenticator:
     def __init__(self, callers: Sequence[Caller]) -> None:
         self._callers = tuple(callers)
 
-    def authenticate(self, rpc: str, metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    def authenticate(
+        self, rpc: str, metadata: Iterable[tuple[str, str | bytes]], scope: str | None = None
+    ) -> str:
+        """The caller's name, if its token may call `rpc` (or, when given, the narrower or
+        wider `scope` the request needs: every user's feed needs StreamAllTransactions)."""
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None or (isinstance(header, str) and not header.strip()):
             raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN",
@@ -104,9 +109,11 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip() or found is None:
             raise CallRefused(grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN",
                               "invalid bearer token")
-        if found.rpcs is not None and rpc not in found.rpcs:
+        needed = scope or rpc
+        if found.rpcs is not None and needed not in found.rpcs:
+            what = rpc if needed == rpc else f"{rpc} (it needs the scope {needed})"
             raise CallRefused(grpc.StatusCode.PERMISSION_DENIED, "RPC_NOT_ALLOWED",
-                              f"caller {found.name!r} may not call {rpc}", caller=found.name)
+                              f"caller {found.name!r} may not call {what}", caller=found.name)
         return found.name
 
 
@@ -174,23 +181,31 @@ class AuthInterceptor(_BillingInterceptor):
 
     def _wrap_stream(self, rpc: str, behavior: StreamBehavior) -> StreamBehavior:
         async def authenticated(request: Any, context: Context) -> AsyncIterator[Any]:
-            self._authenticate(rpc, context)  # before the first message
+            self._authenticate(rpc, context, _scope_of(rpc, request))  # before the first message
             async for response in behavior(request, context):
                 yield response
 
         return authenticated
 
-    def _authenticate(self, rpc: str, context: Context) -> None:
+    def _authenticate(self, rpc: str, context: Context, scope: str | None = None) -> None:
         """Raises CallRefused; names the caller in the call's state either way."""
         state = _current.get()
         try:
-            caller = self._authenticator.authenticate(rpc, context.invocation_metadata() or ())
+            caller = self._authenticator.authenticate(
+                rpc, context.invocation_metadata() or (), scope)
         except CallRefused as refused:
             if state is not None and refused.caller:
                 state.caller = refused.caller  # the log says who tried
             raise
         if state is not None:
             state.caller = caller
+
+
+def _scope_of(rpc: str, request: Any) -> str | None:
+    """The scope a request needs beyond its RPC's name: every user's feed (no user_id)."""
+    if rpc == "StreamTransactions" and not getattr(request, "user_id", ""):
+        return EVERY_USER_SCOPE
+    return None
 
 
 class ObservingInterceptor(_BillingInterceptor):

@@ -9,6 +9,7 @@ name comes from the auth interceptor (`current_caller`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -21,12 +22,14 @@ from billing.ports import Offload
 from billing.use_cases.cancel_checkout import CancelCheckout
 from billing.use_cases.create_checkout import CreateCheckout, CreateCheckoutCommand
 from billing.use_cases.get_balance import GetBalance
-from billing.use_cases.get_payment_status import GetPaymentStatus
+from billing.use_cases.get_payment_status import GetPaymentStatus, PaymentStatusView
 from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.list_coin_packages import ListCoinPackages
 from billing.use_cases.list_transactions import ListTransactions
 from billing.use_cases.refund_payment import RefundCommand, RefundPayment
 from billing.use_cases.spend_coins import CoinsCommand, SpendCoins
+from billing.use_cases.stream_transactions import StreamTransactions
+from billing.use_cases.watch_payment_status import WatchPaymentStatus
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 
@@ -42,6 +45,8 @@ class BillingUseCases:
     spend_coins: SpendCoins
     grant_coins: GrantCoins
     list_transactions: ListTransactions
+    watch_payment_status: WatchPaymentStatus
+    stream_transactions: StreamTransactions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,16 +93,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         view = await self._reads(
             partial(self._do.get_payment_status, request.user_id, request.session_id)
         )
-        session = view.session
-        return pb.GetPaymentStatusResponse(
-            session_id=session.stripe_session_id,
-            status=codec.payment_status(session.status),
-            coins_added=session.coins_credited,
-            new_balance=view.balance,
-            amount=codec.money(session.amount),
-            package_id=session.package_id,
-            coins_refunded=session.coins_refunded,
-        )
+        return _payment_status(view)
 
     async def CancelCheckoutSession(
         self, request: pb.CancelCheckoutSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -155,6 +151,37 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             transactions=[codec.transaction(entry) for entry in page.entries],
             next_page_token=page.next_page_token,
         )
+
+    async def WatchPaymentStatus(  # an async generator (grpc.aio)
+        self, request: pb.WatchPaymentStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.GetPaymentStatusResponse]:
+        async for view in self._do.watch_payment_status(request.user_id, request.session_id):
+            yield _payment_status(view)
+
+    async def StreamTransactions(  # an async generator (grpc.aio)
+        self, request: pb.StreamTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.TransactionEvent]:
+        items = self._do.stream_transactions(
+            request.user_id, request.after_cursor, request.from_now)
+        async for item in items:
+            if item.entry is None:  # a checkpoint
+                yield pb.TransactionEvent(cursor=item.cursor)
+            else:
+                yield pb.TransactionEvent(
+                    transaction=codec.transaction(item.entry), cursor=item.cursor)
+
+
+def _payment_status(view: PaymentStatusView) -> pb.GetPaymentStatusResponse:
+    session = view.session
+    return pb.GetPaymentStatusResponse(
+        session_id=session.stripe_session_id,
+        status=codec.payment_status(session.status),
+        coins_added=session.coins_credited,
+        new_balance=view.balance,
+        amount=codec.money(session.amount),
+        package_id=session.package_id,
+        coins_refunded=session.coins_refunded,
+    )
 
 
 def _coins_command(request: pb.SpendCoinsRequest | pb.GrantCoinsRequest) -> CoinsCommand:

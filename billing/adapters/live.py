@@ -327,6 +327,7 @@ class LiveHub:
     # -- the tail --------------------------------------------------------------------------------
     async def _tail_forever(self) -> None:
         assert self._moved is not None
+        failures = 0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._moved.wait(), self._poll_s)
@@ -339,7 +340,13 @@ class LiveHub:
             try:
                 await self._read_tail()
             except Exception as error:  # the database is down: the next poll tries again
-                log.warning("reading the ledger feed failed: %s", error)
+                failures += 1
+                if failures == 1 or failures % 60 == 0:
+                    log.warning("reading the ledger feed failed %d time(s): %s", failures, error)
+                continue
+            if failures:
+                log.info("reading the ledger feed works again after %d failures", failures)
+                failures = 0
 
     async def _read_tail(self) -> None:
         while self._position is not None:

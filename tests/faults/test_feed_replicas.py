@@ -143,6 +143,17 @@ def test_feed_consumers_that_drop_and_resume_see_every_row_once_in_one_order(rep
             t.type is TransactionType.PURCHASE for u in users
             for t in billing.iter_transactions(u)) == 8
         wait_for(purchases_credited, 60, "every purchase to be credited")
+    orders = check_consumers(consumers, threads, users, a.grpc_target)
+    assert orders["all-1"] == orders["all-2"]  # one total order, whoever reads it
+
+
+def check_consumers(
+    consumers: list[Consumer], threads: list[threading.Thread], users: list[str], target: str
+) -> dict[str, list[str]]:
+    """Once the writes are over: every consumer catches up, then saw each of `users`' ledger
+    rows exactly once, in feed order, with each user's balance chain unbroken and summing to
+    GetBalance. Returns each consumer's row ids of those users, in the order it saw them."""
+    with BillingClient(target, token=ADMIN_TOKEN) as billing:
         expected = {u: list(reversed(list(billing.iter_transactions(u)))) for u in users}
         balances = {u: billing.get_balance(u) for u in users}
     every_id = {t.id for rows in expected.values() for t in rows}
@@ -180,5 +191,4 @@ def test_feed_consumers_that_drop_and_resume_see_every_row_once_in_one_order(rep
                 assert t.balance_after == balance, f"{consumer.name}: {user}'s chain broke"
             assert balance == balances[user]
         orders[consumer.name] = [t.id for t in mine]
-    assert orders["all-1"] == orders["all-2"]  # one total order, whoever reads it
-
+    return orders

@@ -23,10 +23,13 @@ from billing.domain.errors import (
     SlowConsumer,
 )
 from billing.domain.feed import FeedItem, decode_cursor, encode_cursor, start_after
+from billing.domain.payment import PaymentStatus
 from billing.use_cases._unit import UnitRunner
 from billing.use_cases.grant_coins import GrantCoins
 from billing.use_cases.spend_coins import CoinsCommand
 from billing.use_cases.stream_transactions import StreamTransactions
+from billing.use_cases.watch_payment_status import WatchPaymentStatus
+from tests.unit.world import World
 
 STEP_S = 5.0  # the longest any single step may take
 
@@ -202,3 +205,38 @@ async def test_wakeups_from_other_threads_reach_a_session_watch():
     await asyncio.wait_for(waiter.wait(60), STEP_S)  # woken, not timed out
     waiter.close()
     await feed.hub.close()
+
+
+@on_a_loop
+async def test_a_watch_without_a_deadline_ends_ok_after_max_watch_s_on_its_last_status():
+    world = World()
+    created = await asyncio.to_thread(world.checkout, "ann")  # (it runs its own loop)
+    hub = LiveHub(world.units, max_streams=10, poll_s=60)
+    hub.start()
+    watch = WatchPaymentStatus(world.status, hub, asyncio.to_thread, max_s=0.2, poll_s=0.05)
+    started = asyncio.get_running_loop().time()
+    views = [view async for view in watch("ann", created.session_id)]
+    assert [v.session.status for v in views] == [PaymentStatus.PENDING]
+    assert asyncio.get_running_loop().time() - started < STEP_S
+    assert hub.position == 0 and not hub._sessions  # its slot and subscription are gone
+    await hub.close()
+
+
+@on_a_loop
+async def test_a_watch_reports_changes_of_status_and_coins_not_of_the_balance_alone():
+    world = World()
+    created = await asyncio.to_thread(world.checkout, "ann")  # (it runs its own loop)
+    hub = LiveHub(world.units, max_streams=10, poll_s=60)
+    hub.start()
+    watch = WatchPaymentStatus(world.status, hub, asyncio.to_thread, max_s=30, poll_s=30)
+    views = watch("ann", created.session_id)
+    assert (await asyncio.wait_for(anext(views), STEP_S)).session.status is PaymentStatus.PENDING
+    world.grant("ann", 5)  # the balance alone: no message
+    hub.wake_sessions([created.session_id])
+    await asyncio.to_thread(world.cancel, "ann", created.session_id)
+    hub.wake_sessions([created.session_id])
+    last = await asyncio.wait_for(anext(views), STEP_S)
+    assert last.session.status is PaymentStatus.CANCELLED and last.balance == 5
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(views), STEP_S)
+    await hub.close()

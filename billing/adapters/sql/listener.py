@@ -73,7 +73,9 @@ class FeedListener:
             except Exception as error:
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
-                    log.warning("feed listener lost its connection (%s); retrying", error)
+                    first_line = str(error).strip().partition("\n")[0]
+                    log.warning("feed listener lost its connection (%s: %s); retrying",
+                                type(error).__name__, first_line)
             finally:
                 if connection is not None:
                     with contextlib.suppress(Exception):

@@ -172,8 +172,9 @@ class BillingServiceServicer:
         coins_added or coins_refunded (not of new_balance alone), ending with OK once the checkout
         settles: COMPLETED (coins credited), FAILED, EXPIRED or CANCELLED; a watch that starts on
         REFUNDED or DISPUTED sends it and ends. At the caller's deadline the runtime ends it with
-        DEADLINE_EXCEEDED; without a deadline it ends after BILLING_MAX_WATCH_S. A late paid
-        completion can still move an ended session to COMPLETED: a caller that cares watches again.
+        DEADLINE_EXCEEDED; without one it ends OK after BILLING_MAX_WATCH_S (its last message
+        then still says PENDING: watch again). A late paid completion can still move an ended
+        session to COMPLETED: a caller that cares watches again.
         Same owner check and errors as GetPaymentStatus, plus OVERLOADED (limit "streams") and
         SHUTTING_DOWN.
         """

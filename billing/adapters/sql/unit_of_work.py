@@ -8,8 +8,11 @@ columns that changed. So a unit costs one round trip per read that reaches the d
 one, and a duplicate key another unit holds surfaces, as a TransientConflict, no later than the
 commit.
 
-On SQLite the positions of the unit's new ledger rows in the feed ride on the COMMIT, with no
-round trip of their own (repositories/accounts.py says why seq will do).
+Two things ride on the COMMIT for the ledger feed, with no round trip of their own: on SQLite, the
+positions of the unit's new ledger rows (repositories/accounts.py says why seq will do); on
+Postgres, a `pg_notify` on the status channel for each payment whose status changed without a
+ledger row in this unit (a change with a row reaches watchers through the sequencer's feed
+notification, which the row's position triggers).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from billing.adapters.sql.repositories.accounts import SqlAccountRepository, Sql
 from billing.adapters.sql.repositories.inbox import SqlEventInbox, SqlIdempotencyStore
 from billing.adapters.sql.repositories.payments import SqlPaymentRepository, SqlRefundRepository
 from billing.adapters.sql.statements import Read, Row, Statement
-from billing.domain.events import DomainEvent
+from billing.domain.events import CoinsCredited, CoinsDebited, DomainEvent, PaymentStatusChanged
 
 if TYPE_CHECKING:
     from billing.adapters.sql.connection import Connector, UnitConnection
@@ -82,6 +85,7 @@ class SqlUnitOfWork:
         self.reserved_seqs: dict[str, int] = {}
         # SQLite: the seqs of the ledger rows this transaction added, numbered at its commit.
         self.unnumbered_seqs: list[int] = []
+        self._announced = 0  # events before this index went with an earlier commit
         self._connection: UnitConnection | None = None
         self._committed = False
 
@@ -89,6 +93,7 @@ class SqlUnitOfWork:
         self._connection = self._connector.open(read_only=self.read_only and not self._snapshot,
                                                 snapshot=self._snapshot)
         self._committed = False
+        self._announced = len(self.events)
         return self
 
     def __exit__(
@@ -111,6 +116,7 @@ class SqlUnitOfWork:
         self._forget()  # the locks go with the transaction, and so do the rows they guarded
         connection.commit()
         self._committed = True
+        self._announced = len(self.events)
 
     def rollback(self) -> None:
         connection = self._require_connection()
@@ -148,9 +154,14 @@ class SqlUnitOfWork:
 
     def _before_commit(self, connection: UnitConnection) -> None:
         """Queue what the feed needs sent with this COMMIT (see the module's docstring)."""
-        if self.unnumbered_seqs:
-            connection.write(self.sql.ledger.number,
-                             (min(self.unnumbered_seqs), max(self.unnumbered_seqs)))
+        ledger = self.sql.ledger
+        if not self.sql.dialect.is_postgres:
+            if self.unnumbered_seqs:
+                connection.write(ledger.number,
+                                 (min(self.unnumbered_seqs), max(self.unnumbered_seqs)))
+            return
+        for session_id in _status_changes_without_a_row(self.events[self._announced:]):
+            connection.write(ledger.notify_status, (session_id,))
 
     def _forget(self) -> None:
         for cache in self._caches or ():
@@ -163,3 +174,14 @@ class SqlUnitOfWork:
             raise RuntimeError("use the unit of work inside a `with` block")
         return self._connection
 
+
+def _status_changes_without_a_row(events: Sequence[DomainEvent]) -> list[str]:
+    """The Checkout Session ids of status changes among `events` that no ledger row of theirs
+    came with, each once, in order."""
+    with_a_row = {event.entry.session_id for event in events
+                  if isinstance(event, CoinsCredited | CoinsDebited)}
+    return list(dict.fromkeys(
+        event.session_id for event in events
+        if isinstance(event, PaymentStatusChanged)
+        and event.session_id and event.session_id not in with_a_row
+    ))

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from billing.adapters.sql.notifications import STATUS_CHANNEL
 from billing.adapters.sql.repositories.base import SqlRepository, key_of
 from billing.adapters.sql.statements import Dialect, Read, Row, Statement, TableSql
 from billing.adapters.sql.tables import LEDGER_SEQUENCE, accounts, ledger
@@ -139,6 +140,10 @@ class LedgerSql:
         # lock, so the seqs from its first new row to its last are all its own.
         self.number = t.statement(
             "number", "UPDATE ledger SET feed_position = seq WHERE seq BETWEEN ? AND ?")
+        # Postgres: a status change with no ledger row of its own wakes the watchers of its
+        # session, with the commit (the sequencer's notification covers changes with a row).
+        self.notify_status = dialect.statement(
+            "billing_notify_status", f"SELECT pg_notify('{STATUS_CHANNEL}', ?)")
 
 
 class SqlLedgerRepository(SqlRepository):

@@ -62,6 +62,25 @@ def test_a_watch_on_one_replica_sees_the_payment_credited_on_the_other(replicas)
     assert seen[-1].coins_added == 550 and seen[-1].new_balance == 550
 
 
+def test_a_watch_on_one_replica_sees_a_cancel_made_on_the_other(replicas):
+    """A status change without a ledger row travels on its own channel (billing_status)."""
+    a, b = replicas
+    user = f"canceller-{uuid.uuid4().hex[:8]}"
+    with BillingClient(b.grpc_target, token=ADMIN_TOKEN) as on_b, \
+            BillingClient(a.grpc_target, token=ADMIN_TOKEN) as on_a:
+        checkout = on_b.create_checkout_session(
+            user, "coins_500", "https://game.example/ok", "https://game.example/no")
+        seen: list = []
+        watching = threading.Thread(target=lambda: seen.extend(
+            on_b.watch_payment_status(user, checkout.session_id, timeout=30)))
+        watching.start()
+        wait_for(lambda: seen, 10, "the watch's first message")
+        assert on_a.cancel_checkout_session(user, checkout.session_id) is PaymentStatus.CANCELLED
+        watching.join(30)
+        assert not watching.is_alive(), "the watch did not end"
+    assert [info.status for info in seen] == [PaymentStatus.PENDING, PaymentStatus.CANCELLED]
+
+
 # -- the feed under load -------------------------------------------------------------------------
 @dataclass
 class Consumer:

@@ -19,23 +19,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from billing.adapters.sql.notifications import FEED_CHANNEL, STATUS_CHANNEL
+from billing.adapters.sql.sequencer import connect
 
 log = logging.getLogger("billing.live")
-
-# A peer that vanished without closing (a network partition) is noticed within about 25 s.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-               "keepalives_count": 3}
-
-
-def dedicated_connection(engine: Engine, application_name: str) -> Any:
-    """A new autocommit psycopg2 connection to `engine`'s database, outside its pools."""
-    args, kwargs = engine.dialect.create_connect_args(engine.url)
-    kwargs = {**kwargs, **_KEEPALIVES, "application_name": application_name}
-    kwargs.setdefault("connect_timeout", 5)
-    connection = engine.dialect.loaded_dbapi.connect(*args, **kwargs)
-    connection.autocommit = True
-    return connection
-
 
 class FeedListener:
     def __init__(
@@ -85,7 +71,7 @@ class FeedListener:
             await asyncio.sleep(min(self._retry_s * failures, 5.0))
 
     def _connect(self) -> Any:
-        connection = dedicated_connection(self._engine, "billing-listener")
+        connection = connect(self._engine, "billing-listener")
         with connection.cursor() as cursor:
             cursor.execute(f"LISTEN {FEED_CHANNEL}; LISTEN {STATUS_CHANNEL}")
         return connection

@@ -98,8 +98,9 @@ class SequencerPass:
     more: bool = False  # it stopped at max_pages full pages: run another
 
 
-def connect(source: Engine | URL | str) -> Any:
-    """A new autocommit psycopg2 connection to the database of `source`, outside any pool."""
+def connect(source: Engine | URL | str, application_name: str = APPLICATION_NAME) -> Any:
+    """A new autocommit psycopg2 connection to the database of `source`, outside any pool (the
+    sequencer's, the listener's)."""
     if isinstance(source, Engine):
         dialect, url = source.dialect, source.url
     else:
@@ -108,7 +109,7 @@ def connect(source: Engine | URL | str) -> Any:
     if dialect.name != "postgresql":
         raise ValueError(f"the feed sequencer runs on Postgres, not {dialect.name}")
     args, kwargs = dialect.create_connect_args(url)
-    kwargs = {**kwargs, **_KEEPALIVES, "application_name": APPLICATION_NAME}
+    kwargs = {**kwargs, **_KEEPALIVES, "application_name": application_name}
     kwargs.setdefault("connect_timeout", 5)
     connection = psycopg2.connect(*args, **kwargs)
     connection.autocommit = True  # we send BEGIN and COMMIT ourselves
@@ -228,42 +229,46 @@ class FeedSequencer:
     def sequence_once(self) -> SequencerPass:
         """One pass on the sequencer's connection (made if needed); `on_sequenced` after a
         commit that numbered rows. Raises the driver's error after a failure."""
-        cursor = self._cursor()
         try:
-            cursor.execute(_LOCK)
-            if not cursor.fetchone()[0]:
-                cursor.execute(_BUSY)
-                return SequencerPass(busy=True, waiting=bool(cursor.fetchone()[0]))
-            numbered, top, full = 0, 0, False
-            for _ in range(self._max_pages):
-                cursor.execute(_NUMBER, (self._page,))
-                count, high = cursor.fetchone()
-                numbered, top = numbered + count, max(top, high)
-                full = count == self._page
-                if not full:
-                    break
-            if numbered:
-                cursor.execute(_NOTIFY_AND_COMMIT, (str(top),))  # one round trip
-            else:
-                cursor.execute(b"COMMIT")
+            with self._connected().cursor() as cursor:
+                done = self._pass(cursor)
         except BaseException:
             self._roll_back()
             raise
-        if numbered:
-            self._sequenced(numbered, top)
-        return SequencerPass(numbered=numbered, top=top, more=full)
+        if done.numbered:
+            self._sequenced(done.numbered, done.top)
+        return done
 
     def waiting(self) -> bool:
         """Whether any committed row lacks a position (an index lookup, no lock)."""
-        cursor = self._cursor()
-        cursor.execute(_WAITING)
-        return bool(cursor.fetchone()[0])
+        with self._connected().cursor() as cursor:
+            cursor.execute(_WAITING)
+            return bool(cursor.fetchone()[0])
+
+    def _pass(self, cursor: Any) -> SequencerPass:
+        cursor.execute(_LOCK)
+        if not cursor.fetchone()[0]:
+            cursor.execute(_BUSY)
+            return SequencerPass(busy=True, waiting=bool(cursor.fetchone()[0]))
+        numbered, top, full = 0, 0, False
+        for _ in range(self._max_pages):
+            cursor.execute(_NUMBER, (self._page,))
+            count, high = cursor.fetchone()
+            numbered, top = numbered + count, max(top, high)
+            full = count == self._page
+            if not full:
+                break
+        if numbered:
+            cursor.execute(_NOTIFY_AND_COMMIT, (str(top),))  # one round trip
+        else:
+            cursor.execute(b"COMMIT")
+        return SequencerPass(numbered=numbered, top=top, more=full)
 
     # -- the connection -----------------------------------------------------------------------
-    def _cursor(self) -> Any:
+    def _connected(self) -> Any:
         if self._connection is None or self._connection.closed:
             self._connection = connect(self._source)
-        return self._connection.cursor()
+        return self._connection
 
     def _roll_back(self) -> None:
         """End a pass that failed: ROLLBACK if the connection still works, else drop it."""

@@ -10,11 +10,12 @@ without a round trip of its own. A second row for the same user in one unit (rar
 value with a round trip, still after the lock. SQLite assigns seq at INSERT (AUTOINCREMENT).
 
 A row's feed position is given after its transaction commits. On Postgres a row is written with
-none (NULL) and the sequencer (sequencer.py) numbers committed rows; Postgres makes a commit
-visible before it releases the commit's row locks, so per user the sequencer always sees a row
-before the next one of that user. On SQLite a writing unit holds the database's write lock from
-its first statement to COMMIT, so seq order is commit order: just before COMMIT, in the same
-transaction, the unit's new rows get their seq as their position (`number`, sent by the unit).
+none (NULL) and the sequencer (sequencer.py) numbers committed rows in seq order; Postgres makes
+a commit visible before it releases the transaction's row locks, so a snapshot that sees a user's
+row sees all the user's earlier rows too, and a user's positions follow seq. On SQLite a writing
+unit holds the database's write lock from its first statement to COMMIT, so seq order is commit
+order: just before COMMIT, in the same transaction, the unit's new rows get their seq as their
+position (`number`, sent by the unit).
 Feed reads take no locks, in any unit: a row's position never changes once given.
 """
 

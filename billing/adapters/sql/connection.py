@@ -303,8 +303,9 @@ class PostgresConnection(_Pooled[bytes | None]):
     def _send_pending(self, *, committing: bool = False) -> None:
         parts, self._pending = self._pending, []
         deallocating = self._deallocate
-        if deallocating:
-            parts.insert(0, b"DEALLOCATE ALL")
+        if deallocating:  # after a BEGIN: a statement before it would fix the snapshot that
+            # BEGIN ISOLATION LEVEL REPEATABLE READ must still be free to set
+            parts.insert(1 if parts and parts[0].startswith(b"BEGIN") else 0, b"DEALLOCATE ALL")
         self._send(b";".join(parts), committing=committing)
         if self._preparing:
             self._state.prepared |= self._preparing

@@ -256,12 +256,12 @@ def test_after_a_failed_round_trip_that_prepared_the_next_unit_deallocates_first
     with pytest.raises(TransientConflict), store() as unit:
         unit.inbox.add(event)
         unit.commit()  # whatever that round trip left prepared goes first; this one fails too
-    assert probe.queries[-2].startswith(b"DEALLOCATE ALL;BEGIN")
+    assert any(_begins_then_deallocates(q) for q in probe.queries[-4:])
     assert probe.queries[-1] == b"ROLLBACK"  # alone: in a failed transaction nothing else runs
 
     record = IdempotencyRecord("GrantCoins", new_id("user"), "k", "00" * 32, {}, NOW)
     committed(store, lambda unit: unit.idempotency.add(record))
-    assert probe.queries[-1].startswith(b"DEALLOCATE ALL;BEGIN")
+    assert _begins_then_deallocates(probe.queries[-1])
     assert b"PREPARE billing_idempotency_records_insert" in probe.queries[-1]
     assert writer_backend() == backend  # the connection was never discarded
     assert probe.queries[-2].startswith(b"BEGIN")  # and deallocates nothing any more
@@ -288,3 +288,26 @@ def test_a_status_change_round_trips_with_or_without_prepared_statements(
                 payment, status=PaymentStatus.CANCELLED)
     finally:
         store.dispose()
+
+
+def test_a_snapshot_unit_after_a_failed_prepare_still_sets_its_isolation_level(
+    store: SqlStore, probe: DriverProbe,
+) -> None:
+    """The audit's REPEATABLE READ unit may be the one that deallocates: its BEGIN must come
+    first (this failed one time in about 20 in the mixed storm before the order was fixed)."""
+    event = an_event()
+    committed(store, lambda unit: unit.inbox.add(event))
+    with pytest.raises(TransientConflict), store() as unit:
+        unit.idempotency.add(IdempotencyRecord("GrantCoins", "u", "k", "00" * 32, {}, NOW))
+        unit.inbox.add(event)
+        unit.commit()  # PREPAREs, then fails: the connection's prepared set is uncertain
+    with store(snapshot=True) as unit:  # the pool's one writer connection, deallocating first
+        assert unit.inbox.get(event.event_id) is not None
+        assert unit.execute("SHOW transaction_isolation") == [("repeatable read",)]
+    assert any(_begins_then_deallocates(q) for q in probe.queries[-4:])
+
+def _begins_then_deallocates(query: bytes) -> bool:
+    """BEGIN first (DEALLOCATE before it would take the snapshot that a BEGIN ISOLATION LEVEL
+    REPEATABLE READ must still be free to set), DEALLOCATE ALL right after."""
+    begin, _, rest = query.partition(b";")
+    return begin.startswith(b"BEGIN") and rest.startswith(b"DEALLOCATE ALL")

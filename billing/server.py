@@ -316,7 +316,10 @@ class BillingServer:
         if self._live is not None:
             sequencer = container.sequencer()
             if sequencer is not None:
-                await container.background_lane()(sequencer.stop)
+                # A pass cut short loses nothing: its rows wait for the next sequencer.
+                stopped = await container.background_lane()(partial(sequencer.stop, 2.0))
+                if not stopped:
+                    log.warning("the feed sequencer did not stop within 2 s; leaving it")
         for lane in container.request_lanes():
             lane.shutdown()
         dispose = getattr(self._store, "dispose", None)

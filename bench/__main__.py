@@ -1,9 +1,9 @@
-"""`python -m bench` (`make bench`): the benchmarks of issues 7, 10 and 11, each figure beside the
-same-run figure of its local limit (a bare server, pgbench, the peer, the same scenario with a
-fast Stripe); ends with one `bench: NAME value=V limit=L ratio=R bar=B ok|short` line per figure.
-Exit status 1 if a figure misses its bar or could not be measured.
+"""`python -m bench` (`make bench`): the benchmarks of issues 7, 10, 11, 12 and 13, each figure
+beside the same-run figure of its local limit (a bare server, pgbench, the peer, the same scenario
+with a fast Stripe); ends with one `bench: NAME value=V limit=L ratio=R bar=B ok|short` line per
+figure. Exit status 1 if a figure misses its bar or could not be measured.
 
-    python -m bench             every section, in this order (about 16 minutes on 2 cores)
+    python -m bench             every section, in this order (about 18 minutes on 2 cores)
     python -m bench SECTION...  only some; each runs alone, and only its figures are reported
                                 (times of a run alone, set-up included, on the shared machine):
       startup   launch to gRPC health SERVING, /healthz and /readyz (3 runs)           ~5 s
@@ -13,6 +13,9 @@ Exit status 1 if a figure misses its bar or could not be measured.
       spend     SpendCoins/s and p99 vs the gRPC write limit; the same per call        ~1.2 min
       stripe    a slow Stripe: issue 10's five scenarios (bench/stripe.py)             ~8 min
       ledger    ListTransactions at 10k and 1M rows (bench/ledger_pages.py)            ~20 s
+      streams   live updates: a watch across replicas; 5,000 idle watches (RSS vs a bare
+                grpc.aio server, wake-ups, GetBalance meanwhile); the feed's lag and
+                credits/s under the webhook load (bench/streams.py)                    ~2.5 min
       memory    RSS after BENCH_MEMORY_REQUESTS mixed requests, within what is left of
                 BENCH_BUDGET_S                                                         ~3.5 min
       abuse     a forged-webhook flood beside a legitimate stream: log growth, the
@@ -37,13 +40,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import abuse, grpc_load, results, service, stripe, throughput, util, wrk
+from bench import abuse, grpc_load, results, service, streams, stripe, throughput, util, wrk
 from bench.config import BUDGET_S, DURATION_S, MEMORY_MAX_S, MEMORY_REQUESTS, RUNS
 from bench.results import FIGURES, guarded, note_cpu
 from bench.util import log
 
 MEMORY_WEBHOOK_EVERY = 10
-SECTIONS = ("startup", "webhook", "balance", "spend", "stripe", "ledger", "memory", "abuse")
+SECTIONS = ("startup", "webhook", "balance", "spend", "stripe", "ledger", "streams", "memory",
+            "abuse")
 LOGS = Path(tempfile.gettempdir()) / "bench-last-run"  # the serve logs of the last run
 
 
@@ -155,6 +159,8 @@ def run_all(sections: set[str]) -> None:
         if "ledger" in sections:
             log("== ledger growth: bench/ledger_pages.py (ListTransactions at 10k and 1M rows)")
             timed("ledger", measure_ledger)
+        if "streams" in sections:
+            timed("streams", lambda: streams.run(folder, LOGS))
         if "memory" in sections:
             log(f"== memory: RSS of a fresh billing serve after {MEMORY_REQUESTS // 2:,} and"
                 f" {MEMORY_REQUESTS:,} mixed requests")

@@ -39,3 +39,9 @@ STRIPE_SHED_BOUND = int(_number("BENCH_STRIPE_SHED_BOUND", 64))  # the bound for
 # -- memory ----------------------------------------------------------------------------------------
 MEMORY_REQUESTS = int(_number("BENCH_MEMORY_REQUESTS", 100000))
 MEMORY_MAX_S = _number("BENCH_MEMORY_MAX_S", 0)  # a fixed cap per half instead of the budget
+
+# -- live updates (streams) ------------------------------------------------------------------------
+STREAMS_CROSS_WATCHES = int(_number("BENCH_STREAMS_CROSS_WATCHES", 500))  # one after another
+STREAMS_IDLE = int(_number("BENCH_STREAMS_IDLE", 5000))  # idle watches on one process
+STREAMS_PAY_RATE = _number("BENCH_STREAMS_PAY_RATE", 200)  # webhooks/s paying their sessions
+STREAMS_PAIRS = int(_number("BENCH_STREAMS_PAIRS", RUNS))  # (without, with a consumer) pairs

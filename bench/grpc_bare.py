@@ -11,6 +11,12 @@ No interceptors, no logging, no idempotency record, no health or reflection.
 
     python -m bench.grpc_bare PORT DSN sync|aio WORKERS
 
+The `streams` flavour is the reference for idle streams (bench/streams.py): a grpc.aio server with
+the service's server options whose WatchPaymentStatus sends one PENDING message and then waits,
+holding the stream open until the client goes (no database; DSN and WORKERS are ignored):
+
+    python -m bench.grpc_bare PORT - streams 0
+
 The flavour and the worker count are read from billing/adapters/grpc_api/server.py by
 `service_flavour()`, so the limit follows the service if it changes flavour.
 """
@@ -123,6 +129,15 @@ class AioBareServicer(billing_pb2_grpc.BillingServiceServicer):
         return response
 
 
+class IdleStreamServicer(billing_pb2_grpc.BillingServiceServicer):
+    """WatchPaymentStatus: one message, then nothing until the client cancels."""
+
+    async def WatchPaymentStatus(self, request, context):  # noqa: N802
+        yield billing_pb2.GetPaymentStatusResponse(
+            session_id=request.session_id, status=billing_pb2.PAYMENT_STATUS_PENDING)
+        await asyncio.get_running_loop().create_future()  # cancelled with the call
+
+
 def service_flavour() -> tuple[str, int]:
     """("sync" or "aio", worker threads) as billing/adapters/grpc_api/server.py builds it."""
     from billing.adapters.grpc_api import server as billing_server
@@ -169,9 +184,30 @@ async def serve_aio(port: int, pool: ThreadedConnectionPool, workers: int) -> No
     executor.shutdown(wait=False)
 
 
+async def serve_streams(port: int) -> None:
+    from billing.adapters.grpc_api.server import MAX_REQUEST_BYTES
+
+    # The options billing/adapters/grpc_api/server.py gives the service's server.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                                      ("grpc.so_reuseport", 0)])
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(IdleStreamServicer(), server)
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise SystemExit(f"cannot listen on {port}")
+    await server.start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, done.set)
+    await done.wait()
+    await server.stop(0)
+
+
 def main() -> None:
     port, dsn, flavour = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     workers = int(sys.argv[4])
+    if flavour == "streams":
+        asyncio.run(serve_streams(port))
+        return
     pool = ThreadedConnectionPool(workers, workers, dsn)
     try:
         if flavour == "aio":

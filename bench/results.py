@@ -175,6 +175,19 @@ FIGURES = _figures(
     Figure("rss_mb", "MB", ("memory",), 1.0, "<=", fixed_limit=250.0, limit_name="bar"),
     Figure("rss_growth_pct", "%", ("memory",), 1.0, "<=", fixed_limit=5.0, limit_name="bar"),
     Figure("startup_s", "s", ("startup",), 1.0, "<=", fixed_limit=2.0, limit_name="bar"),
+    # -- issue 12: live updates (bench/streams.py) ---------------------------------------------
+    Figure("watch_cross_replica_p99_ms", "ms", ("streams",), 1.0, "<", fixed_limit=100.0,
+           limit_name="bar; 200 on replica A -> COMPLETED on replica B"),
+    Figure("idle_streams_rss_growth_mb", "MB", ("streams",), 1.5, "<=",
+           limit_name="bare grpc.aio server, as many idle streams"),
+    Figure("idle_streams_wake_p99_ms", "ms", ("streams",), 1.0, "<", fixed_limit=250.0,
+           limit_name="bar; 200 -> COMPLETED"),
+    Figure("idle_streams_balance_p99_ms", "ms", ("streams",), 1.0, "<=",
+           limit_name="2 x GetBalance p99 without streams + 10 ms"),
+    Figure("feed_lag_p99_ms", "ms", ("streams",), 1.0, "<", fixed_limit=250.0,
+           limit_name="bar; create_time -> delivery"),
+    Figure("feed_credits_per_s", "credits/s", ("streams",), 0.85,
+           limit_name="credits/s without a consumer"),
     # Issue 13: a forged flood beside a legitimate webhook stream (bench/abuse.py).
     Figure("flood_log_growth_kb", "KB", ("abuse",), 1.0, "<=", fixed_limit=20.0,
            limit_name="bar"),
@@ -208,6 +221,20 @@ def table(figures: Sequence[Figure]) -> None:
             f" {limit_runs:<24} {fmt(figure.limit):>9} {fmt(figure.ratio):>7}"
             f" {bar_text(figure):>7}  {'ok' if figure.ok else 'SHORT'}"
             + (f"  ({figure.remark})" if figure.remark else ""))
+
+
+def section_table(section: str) -> None:
+    """A section's own table (stripe, streams): each figure of that section alone, its value,
+    its same-run reference, the threshold its bar sets, the verdict and the remark."""
+    for figure in (f for f in FIGURES.values() if f.sections == (section,)):
+        reference = ("-" if figure.fixed_limit is not None
+                     else f"{fmt(figure.reference)} {figure.unit}")
+        threshold = figure.bar * figure.limit
+        log(f"  {figure.name:<34} {fmt(figure.value) + ' ' + figure.unit:<16}"
+            f" {reference:<16} {figure.comparison} {fmt(threshold)} ("
+            + (f"{fmt(figure.bar)} x " if figure.bar != 1 else "") + f"{figure.limit_name})"
+            f"  {'ok' if figure.ok else 'SHORT'}" + (f"  [{figure.remark}]" if figure.remark
+                                                     else ""))
 
 
 def _runs(values: Sequence[float]) -> str:

@@ -44,7 +44,7 @@ from bench.config import (
     STRIPE_SHED_BOUND,
     WORKERS,
 )
-from bench.results import FIGURES, Figure, guarded
+from bench.results import FIGURES, Figure, guarded, section_table
 from bench.util import fmt, log
 
 RATE = 100  # calls/s of the probe and of the sustained checkouts: one every 10 ms
@@ -401,12 +401,4 @@ def table() -> None:
     """Issue 10's table: what each scenario gave, beside its same-run reference and its bar."""
     log(f"== a slow Stripe (fake at {STRIPE_LATENCY_MS} ms unless said): figure, value, same-run"
         " reference, bar")
-    for figure in (f for f in FIGURES.values() if f.sections == ("stripe",)):
-        reference = ("-" if figure.fixed_limit is not None
-                     else f"{fmt(figure.reference)} {figure.unit}")
-        threshold = figure.bar * figure.limit
-        log(f"  {figure.name:<34} {fmt(figure.value) + ' ' + figure.unit:<16}"
-            f" {reference:<16} {figure.comparison} {fmt(threshold)} ("
-            + (f"{fmt(figure.bar)} x " if figure.bar != 1 else "") + f"{figure.limit_name})"
-            f"  {'ok' if figure.ok else 'SHORT'}" + (f"  [{figure.remark}]" if figure.remark
-                                                     else ""))
+    section_table("stripe")

@@ -158,6 +158,7 @@ class LiveHub:
         max_streams: int,
         buffer: int = 1000,
         poll_s: float = 1.0,
+        read_every_s: float = 0.05,
         page: int = 500,
         metrics: Metrics | None = None,
     ) -> None:
@@ -165,6 +166,7 @@ class LiveHub:
         self._max_streams = max_streams
         self._buffer = buffer
         self._poll_s = poll_s
+        self._read_every_s = read_every_s
         self._page = page
         self._metrics = metrics
         self._open = 0
@@ -327,11 +329,19 @@ class LiveHub:
     # -- the tail --------------------------------------------------------------------------------
     async def _tail_forever(self) -> None:
         assert self._moved is not None
-        failures = 0
+        loop = asyncio.get_running_loop()
+        failures, last_read = 0, -self._read_every_s
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._moved.wait(), self._poll_s)
+            # At most one read per read_every_s: a quiet feed is read at once, a busy one in
+            # batches (grpc.aio sends a burst of messages for far less CPU each than one at a
+            # time: measured 230 us a message alone, 70-100 in bursts of 12-60).
+            early = last_read + self._read_every_s - loop.time()
+            if early > 0:
+                await asyncio.sleep(early)
             self._moved.clear()
+            last_read = loop.time()
             if self._open == 0:
                 self._position = None  # nobody listens: read nothing, start afresh next time
                 continue

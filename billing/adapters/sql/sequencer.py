@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,7 @@ class FeedSequencer:
         source: Engine | URL | str,
         *,
         poll_s: float = 1.0,
+        pass_every_s: float = 0.02,
         on_sequenced: Callable[[int, int], None] | None = None,
         page: int = 1000,
         max_pages: int = 10,
@@ -148,6 +150,7 @@ class FeedSequencer:
     ) -> None:
         self._source = source
         self._poll_s = poll_s
+        self._pass_every_s = pass_every_s
         self._on_sequenced = on_sequenced
         self._page = page
         self._max_pages = max_pages
@@ -184,12 +187,19 @@ class FeedSequencer:
 
     def _run(self) -> None:
         woken, failures = True, 0  # rows may be waiting from before we started
+        last_pass = time.monotonic() - self._pass_every_s
         try:
             while not self._stopping.is_set():
                 if not woken:
                     woken = self._woken.wait(self._poll_s)
                     if self._stopping.is_set():
                         break
+                # At most one pass per pass_every_s: under load, wakes gather into bigger
+                # batches (one transaction, one NOTIFY, one read by each replica's tail).
+                early = last_pass + self._pass_every_s - time.monotonic()
+                if early > 0 and self._stopping.wait(early):
+                    break
+                last_pass = time.monotonic()
                 self._woken.clear()  # a wake from here on makes another pass
                 try:
                     self._drain(look_first=not woken)

@@ -572,20 +572,19 @@ async def _until(commands: asyncio.Queue[str], word: str) -> None:
 
 # -- 3. the feed under the webhook load ------------------------------------------------------------
 class Consumer(Child):
-    """The StreamTransactions consumer (`consume`): every user, from_now. Each row it receives
-    comes back as (received, create_time, type, session_id), both wall-clock seconds."""
+    """The StreamTransactions consumer (`consume`): every user, from_now. It keeps what it
+    receives in its own memory, as a real consumer would, and reports on request (no line per
+    row: on this shared machine a pipe and a parser per row would be load of the benchmark's
+    own beside the service's): `count PREFIX` -> the rows of sessions starting with PREFIX;
+    `rows PREFIX` -> them as (received, create_time, type, session_id), wall-clock seconds."""
 
     def __init__(self, target: str, token: str) -> None:
-        self.rows: list[tuple[float, float, int, str]] = []
         self.cuts: list[str] = []
         super().__init__("consume", target, token)
 
     def on_line(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
-        if kind == "R":
-            received, created, kind_, session_id = rest.split(" ")
-            self.rows.append((float(received), float(created), int(kind_), session_id))
-        elif kind == "C":
+        if kind == "C":
             self.cuts.append(rest)
         else:
             super().on_line(line)
@@ -593,19 +592,20 @@ class Consumer(Child):
     def ready(self) -> None:
         self.expect("ready", 30)
 
-    def rows_of(self, prefix: str) -> list[tuple[float, float, int, str]]:
-        return [row for row in list(self.rows) if row[3].startswith(prefix)]
-
     def wait_for(self, prefix: str, count: int, timeout_s: float) -> list[
             tuple[float, float, int, str]]:
         """The rows of sessions starting with `prefix`, once there are `count` (or the
         deadline passed)."""
         deadline = time.monotonic() + timeout_s
-        while len(rows := self.rows_of(prefix)) < count and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the consumer exited with {self.proc.returncode}")
-            time.sleep(0.02)
-        return rows
+            self.send(f"count {prefix}")
+            if int(self.expect("count", 30)[0]) >= count:
+                break
+            time.sleep(0.1)  # polling the consumer's tally, not synchronising the service
+        self.send(f"rows {prefix}")
+        return [tuple(row) for row in json.loads(self.expect("rows", 60)[0])]
 
 
 def feed_under_load(database: str, folder: Path, logs: Path) -> None:
@@ -719,6 +719,21 @@ def _consume(target: str, token: str) -> None:
     from billing.v1 import billing_pb2_grpc
 
     out = sys.stdout
+    rows: list[tuple[float, float, int, str]] = []
+    lock = threading.Lock()
+
+    def answer() -> None:  # the commands, on a thread of their own
+        for line in sys.stdin:
+            command, _, prefix = line.strip().partition(" ")
+            with lock:
+                theirs = [row for row in rows if row[3].startswith(prefix)]
+            if command == "count":
+                out.write(f"count {len(theirs)}\n")
+            elif command == "rows":
+                out.write(f"rows {json.dumps(theirs)}\n")
+            out.flush()
+
+    threading.Thread(target=answer, daemon=True).start()
     channel = grpc.insecure_channel(target)
     stub = billing_pb2_grpc.BillingServiceStub(channel)
     metadata = (("authorization", f"Bearer {token}"),)
@@ -733,8 +748,8 @@ def _consume(target: str, token: str) -> None:
                 if message.HasField("transaction"):
                     row = message.transaction
                     created = row.create_time.seconds + row.create_time.nanos / 1e9
-                    out.write(f"R {received:.6f} {created:.6f} {row.type} {row.session_id}\n")
-                    out.flush()
+                    with lock:
+                        rows.append((received, created, row.type, row.session_id))
                 elif not ready:
                     ready = True
                     out.write("ready\n")

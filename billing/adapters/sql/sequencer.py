@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 FEED_LOCK_KEY = 0x62696C6C66656564
 
 APPLICATION_NAME = "billing-sequencer"
+BUSY_ROWS = 16  # a pass that numbers this many rows or more makes the next one wait its turn
 # A peer that vanished without closing (a network partition) is noticed within about 25 s.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                "keepalives_count": 3}
@@ -187,22 +188,23 @@ class FeedSequencer:
 
     def _run(self) -> None:
         woken, failures = True, 0  # rows may be waiting from before we started
-        last_pass = time.monotonic() - self._pass_every_s
+        last_pass, last_numbered = 0.0, 0
         try:
             while not self._stopping.is_set():
                 if not woken:
                     woken = self._woken.wait(self._poll_s)
                     if self._stopping.is_set():
                         break
-                # At most one pass per pass_every_s: under load, wakes gather into bigger
-                # batches (one transaction, one NOTIFY, one read by each replica's tail).
+                # After a pass that numbered a batch, the next waits until pass_every_s after
+                # it: under load, wakes gather into bigger batches (one transaction, one NOTIFY,
+                # one read by each replica's tail); a quiet feed is numbered at once.
                 early = last_pass + self._pass_every_s - time.monotonic()
-                if early > 0 and self._stopping.wait(early):
+                if last_numbered >= BUSY_ROWS and early > 0 and self._stopping.wait(early):
                     break
-                last_pass = time.monotonic()
+                last_pass, last_numbered = time.monotonic(), 0
                 self._woken.clear()  # a wake from here on makes another pass
                 try:
-                    self._drain(look_first=not woken)
+                    last_numbered = self._drain(look_first=not woken)
                 except Exception as error:  # a fault heals: the rows wait, still NULL
                     self._close()
                     failures += 1
@@ -219,21 +221,25 @@ class FeedSequencer:
         finally:
             self._close()
 
-    def _drain(self, *, look_first: bool) -> None:
+    def _drain(self, *, look_first: bool) -> int:
         """Passes until none is left to do; after a busy one, again after a short pause while
-        rows still lack a position (the holder's snapshot may have come before they did)."""
+        rows still lack a position (the holder's snapshot may have come before they did).
+        Returns how many rows it numbered."""
+        numbered = 0
         if look_first and not self.waiting():
-            return
+            return numbered
         first, most = self._busy_pause
         pause = first
         while not self._stopping.is_set():
             done = self.sequence_once()
+            numbered += done.numbered
             if done.busy:
                 if not done.waiting or self._stopping.wait(pause):
-                    return
+                    break
                 pause = min(pause * 2, most)
             elif not done.more:
-                return
+                break
+        return numbered
 
     # -- one pass (also for tests and operators; not while the thread runs) ---------------------
     def sequence_once(self) -> SequencerPass:

@@ -281,3 +281,32 @@ def test_a_stopping_server_ends_open_streams_with_shutting_down_at_once(tmp_path
         service.thread.join(30)
         assert service.outcome["code"] == 0
         assert time.monotonic() - started < 10  # not the 30 s grace
+
+
+def test_the_client_iterator_resumes_by_itself_after_shutting_down(tmp_path):
+    """billing.client.stream_transactions() across a restart of the service (same database,
+    same port): SHUTTING_DOWN, then UNAVAILABLE while nothing listens, then the new process;
+    the caller sees every row once and nothing else."""
+    from billing.client import BillingClient
+    from tests.e2e.harness import service_env, start_service
+
+    env = service_env(tmp_path, BILLING_API_TOKENS=API_TOKENS,
+                      STRIPE_API_BASE="http://127.0.0.1:9")
+    service = start_service(env, gateway=ControllableGateway())
+    user = f"u-{_key()[:10]}"
+    seen: list = []
+    with BillingClient(service.grpc_target, token=ADMIN_TOKEN) as billing:
+        events = billing.stream_transactions(user)
+        first = [billing.grant_coins(user, n).transaction.id for n in (1, 2)]
+        while len([e for e in seen if e.transaction]) < 2:
+            seen.append(next(events))
+        assert service.stop() == 0  # the open stream ends with SHUTTING_DOWN
+        service = start_service(env, gateway=ControllableGateway())
+        try:
+            later = billing.grant_coins(user, 3).transaction.id
+            while len([e for e in seen if e.transaction]) < 3:
+                seen.append(next(events))  # resumed by the iterator, after its last cursor
+            events.close()
+        finally:
+            assert service.stop() == 0
+    assert [e.transaction.id for e in seen if e.transaction] == [*first, later]

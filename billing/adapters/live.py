@@ -159,7 +159,7 @@ class LiveHub:
         max_streams: int,
         buffer: int = 1000,
         poll_s: float = 1.0,
-        read_every_s: float = 0.05,
+        read_every_s: float = 0.025,
         page: int = 500,
         metrics: Metrics | None = None,
     ) -> None:

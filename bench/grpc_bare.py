@@ -172,15 +172,7 @@ async def serve_aio(port: int, pool: ThreadedConnectionPool, workers: int) -> No
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     billing_pb2_grpc.add_BillingServiceServicer_to_server(
         AioBareServicer(BareServicer(pool), executor), server)
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise SystemExit(f"cannot listen on {port}")
-    await server.start()
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, done.set)
-    await done.wait()
-    await server.stop(1)
+    await _serve_until_signalled(server, port, grace_s=1)
     executor.shutdown(wait=False)
 
 
@@ -191,6 +183,11 @@ async def serve_streams(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                                       ("grpc.so_reuseport", 0)])
     billing_pb2_grpc.add_BillingServiceServicer_to_server(IdleStreamServicer(), server)
+    await _serve_until_signalled(server, port, grace_s=0)
+
+
+async def _serve_until_signalled(server: grpc.aio.Server, port: int, grace_s: float) -> None:
+    """Listen on `port` until SIGTERM or SIGINT, then stop within `grace_s`."""
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise SystemExit(f"cannot listen on {port}")
     await server.start()
@@ -199,7 +196,7 @@ async def serve_streams(port: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, done.set)
     await done.wait()
-    await server.stop(0)
+    await server.stop(grace_s)
 
 
 def main() -> None:

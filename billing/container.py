@@ -20,9 +20,9 @@ from billing.adapters.bounded_gateway import BoundedPaymentGateway
 from billing.adapters.bulkheads import Bulkhead
 from billing.adapters.grpc_api.interceptors import Caller, server_interceptors
 from billing.adapters.grpc_api.servicer import BillingServicer, BillingUseCases, DatabaseLanes
-from billing.adapters.live import LiveHub, LiveNotifier, Notifiers
+from billing.adapters.live import LiveHub, LiveNotifier
 from billing.adapters.metrics import Metrics
-from billing.adapters.notifier import LoggingNotifier
+from billing.adapters.notifier import LoggingNotifier, Notifiers
 from billing.adapters.refusal_log import RefusalLog
 from billing.adapters.system_clock import SystemClock
 from billing.domain.catalog import Catalog, default_catalog

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from billing.domain.errors import Overloaded, ShuttingDown, SlowConsumer
 from billing.domain.events import CoinsCredited, CoinsDebited, DomainEvent, PaymentStatusChanged
 from billing.domain.ledger import LedgerEntry
-from billing.ports import Notifier, UnitOfWork
+from billing.ports import UnitOfWork
 from billing.use_cases._unit import UnitRunner
 
 if TYPE_CHECKING:
@@ -432,16 +432,3 @@ class LiveNotifier:
         if ledger:
             self._sequence()
 
-
-class Notifiers:
-    """Implements Notifier by publishing to each of several, in order."""
-
-    def __init__(self, *notifiers: Notifier) -> None:
-        self._notifiers = notifiers
-
-    def publish(self, events: Sequence[DomainEvent]) -> None:
-        for notifier in self._notifiers:
-            try:
-                notifier.publish(events)
-            except Exception:  # a notification problem must never undo a committed change
-                log.exception("could not publish events")

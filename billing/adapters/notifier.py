@@ -1,4 +1,5 @@
-"""Implements Notifier: every domain event becomes a log line with its ids and a metric."""
+"""Notifiers: every domain event becomes a log line with its ids and a metric (LoggingNotifier),
+and several notifiers can be one (Notifiers)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,23 @@ from billing.domain.events import (
 )
 from billing.domain.ledger import LedgerEntry
 from billing.domain.payment import PaymentStatus
+from billing.ports import Notifier
 
 log = logging.getLogger("billing.events")
+
+
+class Notifiers:
+    """Implements Notifier by publishing to each of several, in order."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self._notifiers = notifiers
+
+    def publish(self, events: Sequence[DomainEvent]) -> None:
+        for notifier in self._notifiers:
+            try:
+                notifier.publish(events)
+            except Exception:  # a notification problem must never undo a committed change
+                log.exception("could not publish events")
 
 
 class LoggingNotifier:

@@ -13,8 +13,10 @@ import uuid
 import grpc
 import pytest
 
+from billing.client import BillingClient
 from billing.domain.feed import encode_cursor
 from billing.v1 import billing_pb2 as pb
+from billing.v1 import billing_pb2_grpc
 from tests.e2e.harness import (
     ADMIN_TOKEN,
     API_TOKENS,
@@ -25,7 +27,9 @@ from tests.e2e.harness import (
     http_post,
     module_service,
     reason_of,
+    service_env,
     signed_checkout_completed,
+    start_service,
     wait_for,
 )
 
@@ -52,8 +56,6 @@ def channel(service):
 
 @pytest.fixture
 def stub(channel):
-    from billing.v1 import billing_pb2_grpc
-
     return billing_pb2_grpc.BillingServiceStub(channel)
 
 
@@ -260,8 +262,6 @@ def test_a_stopping_server_ends_open_streams_with_shutting_down_at_once(tmp_path
     own = ControllableGateway()
     service = next(module_service(tmp_path_factory, own, BILLING_SHUTDOWN_GRACE_S="30"))
     with grpc.insecure_channel(service.grpc_target) as channel:
-        from billing.v1 import billing_pb2_grpc
-
         stub = billing_pb2_grpc.BillingServiceStub(channel)
         user = f"u-{_key()[:10]}"
         created = stub.CreateCheckoutSession(create_request(user), metadata=ADMIN, timeout=5)
@@ -287,9 +287,6 @@ def test_the_client_iterator_resumes_by_itself_after_shutting_down(tmp_path):
     """billing.client.stream_transactions() across a restart of the service (same database,
     same port): SHUTTING_DOWN, then UNAVAILABLE while nothing listens, then the new process;
     the caller sees every row once and nothing else."""
-    from billing.client import BillingClient
-    from tests.e2e.harness import service_env, start_service
-
     env = service_env(tmp_path, BILLING_API_TOKENS=API_TOKENS,
                       STRIPE_API_BASE="http://127.0.0.1:9")
     service = start_service(env, gateway=ControllableGateway())

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from billing.adapters.live import LiveHub, LiveNotifier, Notifiers
+from billing.adapters.live import LiveHub, LiveNotifier
 from billing.adapters.memory import InMemoryStore, ManualClock, RecordingNotifier
+from billing.adapters.notifier import Notifiers
 from billing.domain.errors import (
     InvalidCursor,
     InvalidField,

@@ -108,3 +108,10 @@ def _unavailable(error: BaseException | None) -> StoreUnavailable:
 def _first_line(message: str) -> str:
     lines = message.strip().splitlines()
     return lines[0] if lines else ""
+
+
+def brief(error: BaseException) -> str:
+    """The error's type and the first line of its message, for a log line (the rest of a
+    driver's message may name hosts and queries)."""
+    first = _first_line(str(error))
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

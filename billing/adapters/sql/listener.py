@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from billing.adapters.sql.errors import brief
 from billing.adapters.sql.notifications import FEED_CHANNEL, STATUS_CHANNEL
 from billing.adapters.sql.sequencer import connect
 
@@ -59,9 +60,8 @@ class FeedListener:
             except Exception as error:
                 failures += 1
                 if failures == 1 or failures % 60 == 0:
-                    first_line = str(error).strip().partition("\n")[0]
-                    log.warning("feed listener lost its connection (%s: %s); retrying",
-                                type(error).__name__, first_line)
+                    log.warning("feed listener lost its connection (%s); retrying",
+                                brief(error))
             finally:
                 if connection is not None:
                     with contextlib.suppress(Exception):

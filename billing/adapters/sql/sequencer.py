@@ -50,6 +50,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy.engine import URL, Engine, make_url
 
+from billing.adapters.sql.errors import brief
 from billing.adapters.sql.notifications import FEED_CHANNEL
 from billing.adapters.sql.tables import FEED_SEQUENCE
 
@@ -209,7 +210,7 @@ class FeedSequencer:
                     self._close()
                     failures += 1
                     if failures == 1:
-                        log.warning("feed sequencer failed (%s); reconnecting", _brief(error))
+                        log.warning("feed sequencer failed (%s); reconnecting", brief(error))
                     first, most = self._reconnect
                     if self._stopping.wait(min(first * 2 ** (failures - 1), most)):
                         break
@@ -313,8 +314,3 @@ class FeedSequencer:
         except Exception:
             log.exception("on_sequenced failed after positions up to %d were given", top)
 
-
-def _brief(error: BaseException) -> str:
-    """The first line of a driver's message (the rest may name hosts and queries)."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
